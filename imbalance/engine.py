@@ -1,0 +1,419 @@
+"""The one training loop of every stage, plus evaluation, early stopping and checkpoints.
+
+Stages differ only in what they pass in: the module that trains (a whole network, or a
+classifier on cached features), which parameters the optimizer holds, the loss, the loader
+(with the stage's sampler), the schedule and how long. ``fit`` calls ``loader.set_epoch`` and
+``loss_fn.set_epoch`` at the start of every epoch, so re-sampling schedules and deferred
+re-weighting really progress.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .precision import Precision
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = [
+    "stage", "epoch", "global_epoch", "lr", "train_loss", "train_acc",
+    "val_loss", "val_acc", "val_macc", "epoch_time",
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+# ---------------------------------------------------------------------------------------------
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying module of a DataParallel / DistributedDataParallel / compiled wrapper."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def accuracy_and_macc(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> Tuple[float, float]:
+    """Overall accuracy and mean per-class recall over the classes present in ``target``."""
+    pred = pred.long().cpu()
+    target = target.long().cpu()
+    correct = (pred == target).long()
+    support = torch.bincount(target, minlength=num_classes).double()
+    hits = torch.bincount(target, weights=correct.double(), minlength=num_classes)
+    present = support > 0
+    acc = float(correct.double().mean()) if len(target) else float("nan")
+    macc = float((hits[present] / support[present]).mean()) if present.any() else float("nan")
+    return acc, macc
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors / plain lists (weights_only-loadable)."""
+    import random
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, *, monitor: str = "val_macc", mode: str = "max", patience: int = 20,
+                 min_delta: float = 0.0, enabled: bool = True) -> None:
+        self.monitor, self.mode, self.patience = monitor, mode, int(patience)
+        self.min_delta, self.enabled = float(min_delta), bool(enabled)
+        self.best: Optional[float] = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record ``value``; return True when it is the new best."""
+        if self.is_better(value):
+            self.best, self.best_epoch, self.bad_epochs = float(value), int(epoch), 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.enabled and self.bad_epochs >= self.patience > 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+class MetricsWriter:
+    """Appends one row per epoch to logs/metrics.csv (flushed every row)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(METRICS_COLUMNS)
+
+    def drop_rows_after(self, stage: int, epoch: int) -> None:
+        """Remove rows of ``stage`` beyond ``epoch`` and of later stages (for resume)."""
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        keep = [r for r in rows if int(r["stage"]) < stage or (int(r["stage"]) == stage and int(r["epoch"]) <= epoch)]
+        if len(keep) != len(rows):
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS)
+                w.writeheader()
+                w.writerows(keep)
+            os.replace(tmp, self.path)
+
+    def write(self, row: Dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([_fmt(row.get(c)) for c in METRICS_COLUMNS])
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Any,
+    *,
+    precision: Optional[Precision] = None,
+    features: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Run ``model`` in eval mode over ``loader``; return CPU float32 ``logits`` and ``labels``
+    (and ``features`` from ``forward_features`` when asked)."""
+    was_training = model.training
+    model.eval()
+    net = unwrap(model)
+    logits, labels, feats = [], [], []
+    ctx = precision.autocast if precision is not None else _null
+    for x, y in loader:
+        with ctx():
+            if features:
+                f = net.forward_features(x)
+                z = net.classifier(f)
+                feats.append(f.float().cpu())
+            else:
+                z = model(x)
+        logits.append(z.float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    out = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    if features:
+        out["features"] = torch.cat(feats)
+    return out
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StageResult:
+    stage: int
+    epochs_run: int
+    best_epoch: int
+    best_value: Optional[float]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    precision: Precision,
+    grad_clip: Optional[float] = None,
+    accumulation_steps: int = 1,
+    params_to_clip: Optional[List[torch.Tensor]] = None,
+    skip_nonfinite: bool = False,
+    progress: Any = None,
+    location: str = "",
+) -> Dict[str, float]:
+    """One pass over ``loader``; returns mean train loss and accuracy (on the fly)."""
+    scaler = precision.scaler
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    seen = 0
+    optimizer.zero_grad(set_to_none=True)
+    n_batches = len(loader)
+    clip_params = params_to_clip if params_to_clip is not None else [
+        p for g in optimizer.param_groups for p in g["params"]]
+    for i, (x, y) in enumerate(loader):
+        with precision.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            if skip_nonfinite:
+                log.warning("%s batch %d: non-finite loss %s skipped", location, i + 1, float(loss))
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            raise NonFiniteLossError(f"{location}, batch {i + 1}: the loss is {float(loss)}")
+        scaled = loss / accumulation_steps
+        if scaler is not None:
+            scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        if (i + 1) % accumulation_steps == 0 or i + 1 == n_batches:
+            if grad_clip:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        b = len(y)
+        total_loss += loss.detach().double().cpu() * b
+        correct += (logits.detach().argmax(1) == y).sum().cpu()
+        seen += b
+        if progress is not None:
+            progress.update(1)
+    if seen == 0:
+        return {"train_loss": float("nan"), "train_acc": float("nan")}
+    return {"train_loss": float(total_loss) / seen, "train_acc": float(correct) / seen}
+
+
+def evaluate_loader(
+    model: nn.Module, loader: Any, loss_fn: Optional[nn.Module], num_classes: int,
+    precision: Optional[Precision] = None,
+) -> Dict[str, float]:
+    out = predict(model, loader, precision=precision)
+    logits, labels = out["logits"], out["labels"]
+    acc, macc = accuracy_and_macc(logits.argmax(1), labels, num_classes)
+    if loss_fn is not None:
+        was = loss_fn.training
+        loss_fn.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(logits, labels))
+        loss_fn.train(was)
+    else:
+        val_loss = float(nn.functional.cross_entropy(logits, labels))
+    return {"val_loss": val_loss, "val_acc": acc, "val_macc": macc}
+
+
+def fit(
+    model: nn.Module,
+    *,
+    stage: int,
+    train_loader: Any,
+    val_loader: Any,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    epochs: int,
+    num_classes: int,
+    early_stopping: EarlyStopping,
+    precision: Precision,
+    metrics: Optional[MetricsWriter] = None,
+    ckpt_dir: Optional[Path] = None,
+    checkpoint_extra: Optional[Callable[[], Dict[str, Any]]] = None,
+    set_train_mode: Optional[Callable[[nn.Module], None]] = None,
+    grad_clip: Optional[float] = None,
+    accumulation_steps: int = 1,
+    global_epoch_offset: int = 0,
+    console_log_interval: int = 1,
+    progress_bar: bool = False,
+    val_loss_fn: Optional[nn.Module] = None,
+    skip_nonfinite: bool = False,
+    start_epoch: int = 0,
+    save_module: Optional[nn.Module] = None,
+    on_epoch_end: Optional[Callable[[int], None]] = None,
+) -> StageResult:
+    """Train ``model`` for up to ``epochs`` epochs (from ``start_epoch``, 0-based) and restore the
+    best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end.
+
+    ``save_module`` is what checkpoints and best-restoring hold (default: ``model``); it differs
+    when ``model`` is a classifier trained on cached features of a bigger network.
+    """
+    t_stage = time.perf_counter()
+    holder = unwrap(save_module if save_module is not None else model)
+    best_state = copy.deepcopy(holder.state_dict())
+    result = StageResult(stage=stage, epochs_run=0, best_epoch=early_stopping.best_epoch,
+                         best_value=early_stopping.best)
+    set_mode = set_train_mode or (lambda m: m.train())
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        if hasattr(loss_fn, "set_epoch"):
+            loss_fn.set_epoch(epoch)
+        lr = schedule.start_epoch(epoch)
+        set_mode(model)
+        bar = _progress(len(train_loader), f"stage {stage} epoch {epoch + 1}/{epochs}", progress_bar)
+        try:
+            tr = train_one_epoch(
+                model, train_loader, loss_fn, optimizer, precision=precision, grad_clip=grad_clip,
+                accumulation_steps=accumulation_steps, skip_nonfinite=skip_nonfinite, progress=bar,
+                location=f"stage {stage}, epoch {epoch + 1}",
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        va = evaluate_loader(model, val_loader, val_loss_fn or loss_fn, num_classes, precision)
+        schedule.end_epoch(va[early_stopping.monitor])
+        improved = early_stopping.step(va[early_stopping.monitor], epoch + 1)
+        if improved:
+            best_state = copy.deepcopy(holder.state_dict())
+        dt = time.perf_counter() - t0
+        row = {"stage": stage, "epoch": epoch + 1, "global_epoch": global_epoch_offset + epoch + 1,
+               "lr": lr, **tr, **va, "epoch_time": dt}
+        result.history.append(row)
+        result.epochs_run = epoch + 1
+        if metrics is not None:
+            metrics.write(row)
+        if ckpt_dir is not None:
+            state = {
+                "stage": stage, "epoch": epoch + 1, "model": holder.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "early_stopping": early_stopping.state_dict(), "rng": rng_state(),
+                "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+                "completed": False,
+            }
+            if checkpoint_extra is not None:
+                state.update(checkpoint_extra())
+            atomic_save(state, Path(ckpt_dir) / f"stage{stage}_last.pt")
+            if improved:
+                atomic_save({**state, "model": best_state}, Path(ckpt_dir) / f"stage{stage}_best.pt")
+        if (epoch + 1) % console_log_interval == 0 or epoch + 1 == epochs:
+            log.info(
+                "stage %d epoch %3d/%d  lr %.2e  train loss %.4f acc %5.1f%%  val loss %.4f acc %5.1f%% "
+                "mAcc %5.1f%%%s  (%.1fs)",
+                stage, epoch + 1, epochs, lr, tr["train_loss"], 100 * tr["train_acc"], va["val_loss"],
+                100 * va["val_acc"], 100 * va["val_macc"], "  *" if improved else "", dt,
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+        if early_stopping.should_stop:
+            log.info("stage %d: early stop at epoch %d (best %s %.4f at epoch %d)", stage, epoch + 1,
+                     early_stopping.monitor, early_stopping.best, early_stopping.best_epoch)
+            result.stopped_early = True
+            break
+    holder.load_state_dict(best_state)
+    result.best_epoch = early_stopping.best_epoch
+    result.best_value = early_stopping.best
+    result.seconds = time.perf_counter() - t_stage
+    return result

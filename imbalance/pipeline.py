@@ -1,0 +1,730 @@
+"""One run: data -> model -> stage 1 -> stage 2 -> stage 3 -> evaluation -> results + figures.
+
+``run(cfg)`` is what ``main.py`` calls with Hydra's composed config. Config is read here, at
+the edge, by the ``build_*`` functions, which call the plain-Python constructors of the
+components (datasets, samplers, losses, models, optimizers).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import calibration as cal
+from .config import PROJECT_ROOT, parse_tau, validate
+from .engine import (EarlyStopping, MetricsWriter, StageResult, atomic_save, fit, predict, unwrap,
+                     accuracy_and_macc)
+from .errors import ConfigError, DataError, UserError
+from .loader import BatchLoader, TensorPairDataset
+from .optim import EpochSchedule, create_optimizer
+from .precision import Precision, make_precision
+from .results import data_file_hashes, git_commit, summary_text, versions, write_json
+from .stage2 import make_stage2_plan
+
+log = logging.getLogger(__name__)
+
+# Config keys of a loss section -> the keyword arguments of the loss constructors (DESIGN.md).
+LOSS_KEYMAP = {
+    "focal_gamma": "gamma", "focal_alpha": "alpha", "cb_beta": "beta", "cb_base": "base",
+    "ldam_max_margin": "max_margin", "ldam_scale": "scale", "ldam_drw_start": "drw_start",
+    "logit_tau": "tau", "cost_strategy": "cost_strategy", "cost_matrix": "cost_matrix",
+}
+
+
+# =============================================================================================
+# Setup
+# =============================================================================================
+def resolve_run_dir(run_dir: Optional[os.PathLike] = None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir).resolve()
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir).resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1e6) % 1_000_000:06d}"
+    return Path("experiments", f"run_{stamp}").resolve()
+
+
+def original_cwd() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        from hydra.utils import get_original_cwd
+
+        return Path(get_original_cwd())
+    return Path.cwd()
+
+
+def resolve_path(path: Optional[str]) -> Optional[str]:
+    """A data path relative to the directory the user started in."""
+    if path is None or str(path).strip() == "":
+        return None
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_absolute():
+        p = original_cwd() / p
+    return str(p)
+
+
+_HANDLER_TAG = "_imbalance_handler"
+
+
+def setup_logging(run_dir: Path) -> None:
+    """Console (INFO, short) and logs/training.log (INFO, timestamped) on the root logger."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        # ours from an earlier run in this process, and Hydra's plain console handler
+        if getattr(h, _HANDLER_TAG, False) or type(h) is logging.StreamHandler:
+            root.removeHandler(h)
+            if getattr(h, _HANDLER_TAG, False):
+                h.close()
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    fileh = logging.FileHandler(run_dir / "logs" / "training.log", encoding="utf-8")
+    fileh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in (console, fileh):
+        setattr(h, _HANDLER_TAG, True)
+        h.setLevel(logging.INFO)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for noisy in ("matplotlib", "PIL", "h5py", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def select_device(name: str, gpus: str) -> Tuple[torch.device, List[int]]:
+    """``auto`` picks CUDA when available; ``gpus`` lists the GPU ids used for DataParallel."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device=%s requested but CUDA is not available; using the CPU", name)
+        name = "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
+    ids: List[int] = []
+    if device.type == "cuda":
+        try:
+            ids = [int(g) for g in str(gpus).replace(" ", "").split(",") if g != ""]
+        except ValueError:
+            raise ConfigError(f"gpus={gpus!r} is not valid; use a comma-separated list such as \"0,1\"") from None
+        n = torch.cuda.device_count()
+        bad = [g for g in ids if g >= n]
+        if bad:
+            raise ConfigError(f"gpus={gpus!r} names GPU {bad}, but only {n} GPU(s) are visible")
+        if ids and device.index is None:
+            device = torch.device("cuda", ids[0])
+    return device, ids
+
+
+def set_threads(num_threads: int, num_workers: int) -> int:
+    """Intra-op threads = cores (minus DataLoader workers, so nothing is oversubscribed)."""
+    if num_threads <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_threads = max(1, cores - num_workers)
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def update_latest_link(run_dir: Path, exp_name: str) -> None:
+    """``<parent>/<exp_name>_latest`` -> run_dir (replaced atomically)."""
+    link = run_dir.parent / f"{exp_name}_latest"
+    tmp = run_dir.parent / f".{exp_name}_latest.{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError as err:  # e.g. a file system without symlinks
+        log.warning("could not update %s: %s", link, err)
+
+
+# =============================================================================================
+# Data
+# =============================================================================================
+@dataclass
+class DataBundle:
+    train: Any
+    val: Any
+    test: Any
+    classes: List[Any]
+    class_counts: np.ndarray
+    num_channels: int
+    length: int
+    files: Dict[str, str] = field(default_factory=dict)
+    train_pool: Any = None  # the training data before the long-tailed subset (for reference)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def build_data(cfg: DictConfig) -> DataBundle:
+    from . import data as D
+
+    dcfg = cfg.data
+    paths = {k: resolve_path(dcfg[k]) for k in ("path_train", "path_val", "path_test")}
+    common = dict(target_length=dcfg.target_length, normalize=bool(dcfg.normalize))
+    if paths["path_train"] is None:
+        if paths["path_val"] or paths["path_test"]:
+            raise ConfigError("data.path_val / data.path_test need data.path_train (null means the built-in data)")
+        from .synthetic import builtin_dataset
+
+        s = dcfg.synthetic
+        extra = {} if s.difficulty is None else {"difficulty": float(s.difficulty)}
+        sets = builtin_dataset(
+            num_classes=int(s.num_classes), train_per_class=int(s.train_per_class), val_per_class=0,
+            test_per_class=int(s.test_per_class), length=int(s.length), sample_rate=float(s.sample_rate),
+            snr_db=tuple(s.snr_db), seed=int(s.seed), **extra,
+        )
+        full = D.ArraySignalDataset(*sets["train"], **common)
+        test = D.ArraySignalDataset(*sets["test"], classes=full.classes, **common)
+        val = None
+        log.info("data: built-in synthetic ADS-B emitters: %d classes, %d training-pool and %d test bursts "
+                 "of %d samples", full.num_classes, len(full), len(test), full.length)
+    else:
+        kw = dict(common, in_memory=bool(dcfg.in_memory), data_key=dcfg.data_key, label_key=dcfg.label_key)
+        full = D.ADSBSignalDataset(paths["path_train"], **kw)
+        val = D.ADSBSignalDataset(paths["path_val"], classes=full.classes, **kw) if paths["path_val"] else None
+        if paths["path_test"] is None:
+            raise ConfigError("data.path_test is null; name the test file (e.g. data.path_test=data/test.mat)")
+        test = D.ADSBSignalDataset(paths["path_test"], classes=full.classes, **kw)
+        log.info("data: %s (%d samples, %d classes, %d channels x %d), test %s (%d samples)",
+                 paths["path_train"], len(full), full.num_classes, full.num_channels, full.length,
+                 paths["path_test"], len(test))
+    for name, ds in (("test", test), ("validation", val)):
+        if ds is not None and (ds.num_channels != full.num_channels or ds.length != full.length):
+            raise DataError(
+                f"{name} signals are {ds.num_channels} x {ds.length} but training signals are "
+                f"{full.num_channels} x {full.length}; set data.target_length to make the lengths agree"
+            )
+
+    seed = int(cfg.seed)
+    pool = full
+    if val is None:
+        rest_idx, val_idx = D.stratified_split(full.labels, float(dcfg.val_ratio), seed=seed)
+        val = full.subset(val_idx)
+        pool = full.subset(rest_idx)
+    train = pool
+    if cfg.create_imbalance:
+        lt = D.make_long_tailed_indices(pool.labels, full.num_classes, float(dcfg.imbalance_ratio), seed=seed)
+        train = pool.subset(lt)
+    counts = np.bincount(np.asarray(train.labels), minlength=full.num_classes).astype(np.int64)
+    log.info("data: train %d (class counts %s), val %d, test %d", len(train), counts.tolist(), len(val), len(test))
+    return DataBundle(train=train, val=val, test=test, classes=list(full.classes), class_counts=counts,
+                      num_channels=int(full.num_channels), length=int(full.length),
+                      files={k: v for k, v in paths.items() if v}, train_pool=pool)
+
+
+def build_augmentation(cfg: DictConfig) -> Any:
+    from .data import build_augmentation as build
+
+    spec = OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
+    return build(spec)
+
+
+# =============================================================================================
+# Components
+# =============================================================================================
+def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devices: int = 1) -> nn.Module:
+    from .models import create_model, init_model_for_imbalanced, swap_classifier
+
+    m = cfg.model
+    per_device_batch = max(1, int(cfg.data.batch_size) // max(1, n_devices))
+    params = OmegaConf.to_container(m.params, resolve=True) or {}
+    model = create_model(
+        m.name, num_classes=data.num_classes, in_channels=data.num_channels, dropout_rate=float(m.dropout),
+        use_attention=bool(m.use_attention), norm_kind=m.norm_kind, width=m.width, depth=m.depth,
+        per_device_batch=per_device_batch, **params,
+    )
+    if data.length < getattr(model, "min_length", 1):
+        raise DataError(f"signal length {data.length} is shorter than {m.name}'s minimum of {model.min_length}")
+    if m.head != "linear":
+        head_params = OmegaConf.to_container(m.head_params, resolve=True) or {}
+        swap_classifier(model, m.head, class_counts=data.class_counts.tolist(), **head_params)
+    if m.init != "default" or m.log_prior_bias:
+        init_model_for_imbalanced(model, data.class_counts.tolist(), init_type=m.init,
+                                  use_log_prior_bias=bool(m.log_prior_bias), temperature=float(m.init_temperature))
+    return model.to(device)
+
+
+def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 0.0,
+                total_epochs: int = 1) -> Dict[str, Any]:
+    """Keyword arguments for ``create_loss`` from a config section (stage 2's null values fall
+    back to the ``loss:`` section)."""
+    out: Dict[str, Any] = {}
+    for key, kw in LOSS_KEYMAP.items():
+        value = section.get(key) if key in section else None
+        if value is None and fallback is not None and key in fallback:
+            value = fallback.get(key)
+        if value is not None:
+            out[kw] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    out["label_smoothing"] = float(label_smoothing)
+    out["total_epochs"] = int(total_epochs)
+    return out
+
+
+def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
+               explicit: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """``create_loss`` with the mapped config keys the loss accepts, plus ``explicit`` extras
+    (``loss.params``), which must all be accepted."""
+    from .losses import LOSSES, create_loss
+
+    cls = LOSSES.get(name)
+    accepted = set(inspect.signature(cls).parameters)
+    kwargs = {k: v for k, v in mapped.items() if k in accepted}
+    for k, v in (explicit or {}).items():
+        if k not in accepted:
+            valid = sorted(accepted - {"class_counts", "self"})
+            raise ConfigError(f"loss {name} has no parameter {k!r}; its parameters: {', '.join(valid)}")
+        kwargs[k] = v
+    return create_loss(name, class_counts=list(map(int, class_counts)), **kwargs)
+
+
+def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
+                  total_epochs: int, seed: int, num_classes: int) -> Any:
+    from .samplers import make_sampler
+
+    return make_sampler(np.asarray(labels), name, alpha=float(alpha), alpha_start=float(alpha_start),
+                        alpha_end=float(alpha_end), total_epochs=int(total_epochs), seed=int(seed),
+                        num_classes=int(num_classes))
+
+
+def make_loader(ds: Any, batch_size: int, device: torch.device, cfg: DictConfig, *, train: bool = False,
+                sampler: Any = None, augment: Any = None, seed: int = 0) -> BatchLoader:
+    drop_last = bool(cfg.data.drop_last) and train and len(ds) > batch_size
+    return BatchLoader(ds, batch_size, shuffle=train, sampler=sampler, drop_last=drop_last, augment=augment,
+                       seed=seed, device=device, pin_memory=bool(cfg.data.pin_memory))
+
+
+def progress_enabled(setting: Any) -> bool:
+    s = str(setting).lower()
+    if s == "auto":
+        return sys.stderr.isatty()
+    return s == "true"
+
+
+# =============================================================================================
+# Stages
+# =============================================================================================
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    precision: Precision
+    data: DataBundle
+    model: nn.Module  # possibly DataParallel-wrapped
+    metrics: MetricsWriter
+    progress: bool
+    val_loader: BatchLoader
+    test_loader: BatchLoader
+    global_epoch: int = 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def net(self) -> nn.Module:
+        return unwrap(self.model)
+
+
+def run_stage1(ctx: RunContext) -> StageResult:
+    cfg = ctx.cfg
+    t = cfg.training
+    data = ctx.data
+    sampler = build_sampler(cfg.sampling.name, data.train.labels, alpha=cfg.sampling.alpha,
+                            alpha_start=cfg.sampling.alpha_start, alpha_end=cfg.sampling.alpha_end,
+                            total_epochs=int(t.epochs), seed=int(cfg.seed), num_classes=data.num_classes)
+    loss_fn = build_loss(cfg.loss.name, data.class_counts,
+                         loss_kwargs(cfg.loss, label_smoothing=float(t.label_smoothing), total_epochs=int(t.epochs)),
+                         OmegaConf.to_container(cfg.loss.params, resolve=True))
+    loss_fn = loss_fn.to(ctx.device)
+    train_loader = make_loader(data.train, int(cfg.data.batch_size), ctx.device, cfg, train=True, sampler=sampler,
+                               augment=build_augmentation(cfg), seed=int(cfg.seed))
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    optimizer = create_optimizer(t.optimizer, params, lr=float(t.lr), weight_decay=float(t.weight_decay),
+                                 momentum=float(t.momentum))
+    s = cfg.scheduler
+    schedule = EpochSchedule(optimizer, s.name, epochs=int(t.epochs), warmup_epochs=int(s.warmup_epochs),
+                             warmup_multiplier=float(s.warmup_multiplier), min_lr=float(s.min_lr),
+                             step_size=int(s.step_size), gamma=float(s.gamma), plateau_patience=int(s.plateau_patience),
+                             plateau_factor=float(s.plateau_factor), plateau_mode=cfg.early_stopping.mode,
+                             restart_period=int(s.restart_period), restart_mult=int(s.restart_mult))
+    es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
+                       patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta),
+                       enabled=bool(cfg.early_stopping.enabled))
+    log.info("stage 1: %s, sampler %s, %s, lr %g, %d epochs, %d batches/epoch", cfg.loss.name, cfg.sampling.name,
+             t.optimizer, float(t.lr), int(t.epochs), len(train_loader))
+    res = fit(ctx.model, stage=1, train_loader=train_loader, val_loader=ctx.val_loader, loss_fn=loss_fn,
+              optimizer=optimizer, schedule=schedule, epochs=int(t.epochs), num_classes=data.num_classes,
+              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_dir,
+              checkpoint_extra=lambda: _schedule_state(sampler, loss_fn),
+              grad_clip=float(t.grad_clip or 0) or None, accumulation_steps=int(t.accumulation_steps),
+              global_epoch_offset=ctx.global_epoch, console_log_interval=int(cfg.console_log_interval),
+              progress_bar=ctx.progress)
+    ctx.global_epoch += res.epochs_run
+    return res
+
+
+def _schedule_state(sampler: Any, loss_fn: Any) -> Dict[str, Any]:
+    return {"sampler_epoch": getattr(sampler, "epoch", None), "loss_epoch": getattr(loss_fn, "epoch", None)}
+
+
+def stage2_loss(cfg: DictConfig, class_counts: np.ndarray) -> nn.Module:
+    s2 = cfg.stage2
+    smoothing = s2.label_smoothing if s2.label_smoothing is not None else cfg.training.label_smoothing
+    mapped = loss_kwargs(s2, fallback=cfg.loss, label_smoothing=float(smoothing), total_epochs=int(s2.epochs))
+    explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if s2.loss == cfg.loss.name else {}
+    return build_loss(s2.loss, class_counts, mapped, explicit)
+
+
+@torch.no_grad()
+def cached_features(ctx: RunContext, ds: Any) -> TensorPairDataset:
+    loader = make_loader(ds, int(cfg_eval_batch(ctx.cfg)), ctx.device, ctx.cfg)
+    out = predict(ctx.model, loader, precision=ctx.precision, features=True)
+    return TensorPairDataset(out["features"].to(ctx.device), out["labels"].to(ctx.device))
+
+
+def cfg_eval_batch(cfg: DictConfig) -> int:
+    return int(cfg.evaluation.batch_size)
+
+
+def run_stage2(ctx: RunContext) -> StageResult:
+    cfg = ctx.cfg
+    s2 = cfg.stage2
+    data = ctx.data
+    best1 = ctx.ckpt_dir / "stage1_best.pt"
+    if not best1.exists():
+        raise UserError(f"stage 2 needs stage 1's best checkpoint, but {best1} does not exist")
+    plan = make_stage2_plan(s2.mode, ctx.model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
+                            freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
+                            num_classes=data.num_classes)
+    loss_fn = stage2_loss(cfg, data.class_counts).to(ctx.device)
+    epochs = int(s2.epochs)
+    sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,
+                            alpha_end=s2.alpha_end, total_epochs=epochs, seed=int(cfg.seed) + 1,
+                            num_classes=data.num_classes)
+    augment = build_augmentation(cfg)
+    eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)
+    use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None
+    bs = int(cfg.data.batch_size)
+    if use_cache:
+        t0 = time.perf_counter()
+        train_ds, val_ds = cached_features(ctx, data.train), cached_features(ctx, data.val)
+        log.info("stage 2: backbone frozen, features cached once (%.1fs); training the classifier on them",
+                 time.perf_counter() - t0)
+        trainee: nn.Module = ctx.net.classifier
+        train_loader = BatchLoader(train_ds, bs, sampler=sampler, shuffle=True, seed=int(cfg.seed) + 1,
+                                   drop_last=bool(cfg.data.drop_last) and len(train_ds) > bs)
+        val_loader = BatchLoader(val_ds, cfg_eval_batch(cfg))
+        set_mode = lambda m: m.train()  # noqa: E731  (the head alone)
+    else:
+        trainee = ctx.model
+        train_loader = make_loader(data.train, bs, ctx.device, cfg, train=True, sampler=sampler, augment=augment,
+                                   seed=int(cfg.seed) + 1)
+        val_loader = ctx.val_loader
+        set_mode = plan.set_train_mode
+    optimizer = create_optimizer(s2.optimizer, plan.param_groups, lr=float(s2.lr),
+                                 weight_decay=float(s2.weight_decay), momentum=float(s2.momentum))
+    schedule = EpochSchedule(optimizer, s2.scheduler, epochs=epochs, warmup_epochs=0,
+                             plateau_mode=cfg.early_stopping.mode)
+    es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
+                       patience=int(s2.patience if s2.patience is not None else cfg.early_stopping.patience),
+                       min_delta=float(cfg.early_stopping.min_delta), enabled=bool(cfg.early_stopping.enabled))
+    log.info("stage 2: %s with %s, sampler %s, lr %g, %d epochs", s2.mode, s2.loss, s2.sampler, float(s2.lr), epochs)
+    res = fit(trainee, stage=2, train_loader=train_loader, val_loader=val_loader, loss_fn=loss_fn,
+              optimizer=optimizer, schedule=schedule, epochs=epochs, num_classes=data.num_classes,
+              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_dir,
+              checkpoint_extra=lambda: _schedule_state(sampler, loss_fn), set_train_mode=set_mode,
+              grad_clip=float(cfg.training.grad_clip or 0) or None, global_epoch_offset=ctx.global_epoch,
+              console_log_interval=int(cfg.console_log_interval), progress_bar=ctx.progress and not use_cache,
+              save_module=ctx.model)
+    ctx.global_epoch += res.epochs_run
+    for p in ctx.model.parameters():
+        p.requires_grad_(False)
+    return res
+
+
+@torch.no_grad()
+def run_stage3(ctx: RunContext) -> Dict[str, Any]:
+    """tau-norm and/or logit adjustment (stage 3) and post-hoc evaluation adjustment, each with
+    tau fixed or chosen on the validation split. Returns what was applied (for results.json)."""
+    cfg = ctx.cfg
+    mode = cfg.stage3.mode
+    posthoc = cfg.evaluation.eval_logit_adjust == "posthoc"
+    want_la = mode in ("logit_adjust", "both")
+    info: Dict[str, Any] = {"stage3_mode": mode, "eval_logit_adjust": cfg.evaluation.eval_logit_adjust}
+    if mode == "none" and not posthoc:
+        return info
+    K = ctx.data.num_classes
+    counts = ctx.data.class_counts
+    net = ctx.net
+    val = predict(ctx.model, make_loader(ctx.data.val, cfg_eval_batch(cfg), ctx.device, cfg),
+                  precision=ctx.precision, features=True)
+    feats, labels = val["features"].to(ctx.device), val["labels"]
+    reason = cal.validation_too_small(labels, K)
+
+    def choose(value: Any, key: str, high: float, grid: Sequence[float], logits_for) -> float:
+        tau = parse_tau(value, key, high)
+        if tau != "auto":
+            return float(tau)
+        if reason:
+            log.warning("%s=auto: the validation split is too small to choose tau (%s); using tau=1", key, reason)
+            info[f"{key}_fallback"] = reason
+            return 1.0
+        best, curve = cal.search_tau(logits_for, labels, grid, K)
+        info[f"{key}_curve"] = curve
+        log.info("%s=auto: chose %.2f on the validation split (val mAcc %.2f%%)", key, best,
+                 100 * max(r["val_macc"] for r in curve))
+        return best
+
+    if mode in ("tau_norm", "both"):
+        w0 = cal.classifier_weight(net.classifier).detach().clone()
+
+        def logits_tn(tau: float) -> torch.Tensor:
+            cal.classifier_weight(net.classifier).copy_(cal.tau_normalized_weight(w0, tau))
+            return net.classifier(feats).float().cpu()
+
+        tau = choose(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0, cal.TAU_NORM_GRID, logits_tn)
+        cal.classifier_weight(net.classifier).copy_(cal.tau_normalized_weight(w0, tau))
+        info["tau_norm"] = tau
+        log.info("stage 3: tau-normalised classifier weights, tau=%.2f", tau)
+    if want_la or posthoc:
+        if want_la and posthoc:
+            log.warning("stage3.mode=%s and evaluation.eval_logit_adjust=posthoc are the same logit adjustment; "
+                        "applying it once, with stage3.logit_tau", mode)
+        key, value = ("stage3.logit_tau", cfg.stage3.logit_tau) if want_la else (
+            "evaluation.eval_logit_tau", cfg.evaluation.eval_logit_tau)
+        base = net.classifier(feats).float().cpu()
+        prior = cal.log_prior(counts)
+        tau = choose(value, key, 3.0, cal.LOGIT_TAU_GRID, lambda t: base - t * prior)
+        net.classifier = cal.LogitAdjustedOutput(net.classifier, counts.tolist(), tau).to(ctx.device)
+        info["logit_tau"] = tau
+        log.info("logit adjustment: z - %.2f * log(prior)", tau)
+    return info
+
+
+# =============================================================================================
+# Evaluation and results
+# =============================================================================================
+def evaluate_test(ctx: RunContext, *, features: bool = False) -> Dict[str, Any]:
+    from .analysis import ClassificationAnalyzer
+
+    out = predict(ctx.model, ctx.test_loader, precision=ctx.precision, features=features)
+    prob = torch.softmax(out["logits"], dim=1).numpy()
+    y_true = out["labels"].numpy()
+    y_pred = prob.argmax(1)
+    e = ctx.cfg.experiment
+    analyzer = ClassificationAnalyzer(ctx.data.class_counts.tolist(), grouping=e.grouping,
+                                      many_thresh=int(e.many_thresh), few_thresh=int(e.few_thresh))
+    result = analyzer.analyze_predictions(y_true, y_pred, prob)
+    result["_arrays"] = {"y_true": y_true, "y_pred": y_pred, "prob": prob.astype(np.float32)}
+    if features:
+        result["_arrays"]["features"] = out["features"].numpy()
+    return result
+
+
+def stratified_subset(labels: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
+    """At most ``max_samples`` indices, every class kept in proportion (at least one each)."""
+    n = len(labels)
+    if n <= max_samples:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(len(idx) * max_samples / n)))
+        out.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def save_predictions(ctx: RunContext, final: Dict[str, Any]) -> None:
+    arrays = final["_arrays"]
+    keep = stratified_subset(arrays["y_true"], int(ctx.cfg.visualization.max_samples), int(ctx.cfg.seed))
+    path = ctx.run_dir / "results" / "predictions.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".predictions.tmp.npz")
+    np.savez_compressed(
+        tmp, y_true=arrays["y_true"].astype(np.int64), y_pred=arrays["y_pred"].astype(np.int64),
+        prob=arrays["prob"], features=arrays["features"][keep].astype(np.float32),
+        feature_labels=arrays["y_true"][keep].astype(np.int64), class_counts=ctx.data.class_counts,
+        classes=np.asarray(ctx.data.classes),
+    )
+    os.replace(tmp, path)
+
+
+def public(result: Dict[str, Any]) -> Dict[str, Any]:
+    return {"overall": result["overall"], "group_wise": result["group_wise"]}
+
+
+def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[str]]:
+    names = cfg.visualization.class_names
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    if len(names) != len(classes):
+        raise ConfigError(f"visualization.class_names has {len(names)} names but the data has {len(classes)} classes")
+    return names
+
+
+# =============================================================================================
+# The run
+# =============================================================================================
+def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
+    """Train and evaluate as ``cfg`` says; write the run folder; return the final val mAcc."""
+    t_start = time.perf_counter()
+    validate(cfg)
+    if cfg.mode == "eval":
+        from .evaluate import run_eval
+
+        return run_eval(cfg, resolve_run_dir(run_dir))
+    rdir = resolve_run_dir(run_dir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    setup_logging(rdir)
+    update_latest_link(rdir, cfg.exp_name)
+    timings: Dict[str, float] = {}
+    log.info("run folder: %s", rdir)
+    seed_everything(int(cfg.seed))
+    device, gpu_ids = select_device(cfg.device, cfg.gpus)
+    threads = set_threads(int(cfg.num_threads), int(cfg.data.num_workers))
+    precision = make_precision(device, bool(cfg.amp), cfg.amp_dtype)
+    log.info("device: %s%s, %d CPU threads, precision %s", device,
+             f" (DataParallel over GPUs {gpu_ids})" if len(gpu_ids) > 1 else "", threads, precision.name)
+    class_names = None
+
+    t0 = time.perf_counter()
+    data = build_data(cfg)
+    class_names = class_names_for(cfg, data.classes)
+    timings["data"] = time.perf_counter() - t0
+
+    model = build_model(cfg, data, device, n_devices=max(1, len(gpu_ids)))
+    from .models import model_complexity
+
+    info = model_complexity(model, data.num_channels, data.length)
+    model_info = {"name": cfg.model.name, **info}
+    log.info("model: %s, %s parameters, %s FLOPs per sample", cfg.model.name, f"{info['params']:,}",
+             f"{info['flops_per_sample']:,}")
+    if len(gpu_ids) > 1:
+        model = nn.DataParallel(model, device_ids=gpu_ids)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    bs_eval = cfg_eval_batch(cfg)
+    ctx = RunContext(cfg=cfg, run_dir=rdir, device=device, precision=precision, data=data, model=model,
+                     metrics=MetricsWriter(rdir / "logs" / "metrics.csv"), progress=progress_enabled(cfg.progress_bar),
+                     val_loader=make_loader(data.val, bs_eval, device, cfg),
+                     test_loader=make_loader(data.test, bs_eval, device, cfg))
+    metrics: Dict[str, Any] = {}
+    stage_info: Dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    r1 = run_stage1(ctx)
+    timings["stage1"] = time.perf_counter() - t0
+    stage_info["stage1"] = {"epochs_run": r1.epochs_run, "best_epoch": r1.best_epoch, "best_value": r1.best_value}
+    metrics["stage1"] = public(evaluate_test(ctx))
+
+    if cfg.stage2.enabled:
+        t0 = time.perf_counter()
+        r2 = run_stage2(ctx)
+        timings["stage2"] = time.perf_counter() - t0
+        stage_info["stage2"] = {"epochs_run": r2.epochs_run, "best_epoch": r2.best_epoch, "best_value": r2.best_value}
+        metrics["stage2"] = public(evaluate_test(ctx))
+
+    t0 = time.perf_counter()
+    calib = run_stage3(ctx)
+    if cfg.stage3.mode != "none":
+        timings["stage3"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    final = evaluate_test(ctx, features=True)
+    if cfg.stage3.mode != "none":
+        metrics["stage3"] = public(final)
+    metrics["final"] = public(final)
+    val_out = predict(ctx.model, ctx.val_loader, precision=precision)
+    val_acc, val_macc = accuracy_and_macc(val_out["logits"].argmax(1), val_out["labels"], data.num_classes)
+    atomic_save({"model": ctx.net.state_dict(), "calibration": {k: v for k, v in calib.items()
+                                                                 if not isinstance(v, (list, dict))},
+                 "classes": list(map(_plain, data.classes)), "class_counts": data.class_counts.tolist(),
+                 "num_channels": data.num_channels, "length": data.length,
+                 "config": OmegaConf.to_container(cfg, resolve=True)}, ctx.ckpt_dir / "final.pt")
+    save_predictions(ctx, final)
+    from .analysis import write_confusion_matrix_csv, write_per_class_csv
+
+    write_per_class_csv(final, rdir / "results" / "per_class.csv", class_names=class_names)
+    write_confusion_matrix_csv(final, rdir / "results" / "confusion_matrix.csv", class_names=class_names)
+    timings["evaluation"] = time.perf_counter() - t0
+
+    results = {
+        "exp_name": cfg.exp_name, "run_dir": str(rdir), "status": "completed",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "class_counts": data.class_counts.tolist(), "classes": [_plain(c) for c in data.classes],
+        "class_names": class_names, "metrics": metrics,
+        "val_metrics": {"acc": val_acc, "macc": val_macc},
+        "per_class": final["per_class"], "confusion_matrix": final["confusion_matrix"],
+        "grouping": final.get("grouping"), "stages": stage_info, "calibration": calib,
+        "model_info": model_info, "precision": precision.name, "device": str(device),
+        "versions": versions(), "git_commit": git_commit(), "data_files": data_file_hashes(data.files.values()),
+        "timings": timings,
+    }
+    _write_results(rdir, results, t_start)
+
+    if cfg.visualization.enabled:
+        t0 = time.perf_counter()
+        try:
+            from .visualization import visualize_all_results
+
+            written = visualize_all_results(rdir, OmegaConf.to_container(cfg.visualization, resolve=True),
+                                            class_names=class_names)
+            log.info("figures: %d files in %s", len(written), rdir / "results")
+        except Exception as err:  # figures must never lose the results already written
+            log.exception("figures failed: %s", err)
+        timings["figures"] = time.perf_counter() - t0
+        _write_results(rdir, results, t_start)
+
+    f = metrics["final"]["overall"]
+    log.info("final test: OA %.2f%%  mAcc %.2f%%  many %s  medium %s  few %s  HM %s  (%.0fs)", 100 * f["oa"],
+             100 * f["macc"], _pct(f.get("many_acc")), _pct(f.get("medium_acc")), _pct(f.get("few_acc")),
+             _pct(f.get("hm")), timings["total"])
+    log.info("results: %s", rdir / "results" / "results.json")
+    return float(val_macc)
+
+
+def _write_results(rdir: Path, results: Dict[str, Any], t_start: float) -> None:
+    results["timings"]["total"] = time.perf_counter() - t_start
+    write_json(rdir / "results" / "results.json", results)
+    from .results import atomic_write_text
+
+    atomic_write_text(rdir / "results" / "summary.txt", summary_text(results))
+
+
+def _pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

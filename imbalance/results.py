@@ -1,0 +1,147 @@
+"""Writing a run's results: results.json (atomically), summary.txt, provenance."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+
+from .config import PROJECT_ROOT
+
+METRIC_LABELS = [
+    ("oa", "OA"), ("macc", "mAcc"), ("balanced_acc", "Balanced acc"), ("macro_f1", "Macro-F1"),
+    ("gmean", "G-mean"), ("many_acc", "Many-shot acc"), ("medium_acc", "Medium-shot acc"),
+    ("few_acc", "Few-shot acc"), ("hm", "HM (many, few)"), ("nll", "NLL"), ("ece", "ECE"),
+]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types from numpy / torch scalars and arrays; NaN and Inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit(root: str = PROJECT_ROOT) -> Optional[str]:
+    """The framework's commit (with '-dirty' if the tree has changes), or None outside git."""
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> Dict[str, str]:
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("scipy", "sklearn", "h5py", "hydra", "omegaconf"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out
+
+
+def data_file_hashes(paths: Iterable[Optional[str]]) -> Dict[str, str]:
+    return {str(p): sha256_file(p) for p in paths if p}
+
+
+def _pct(v: Any) -> str:
+    return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+
+def summary_text(results: Dict[str, Any]) -> str:
+    """The human-readable summary.txt: metrics after each stage, per group and per class."""
+    lines: List[str] = []
+    cfg = results.get("config", {})
+    lines.append(f"Run: {results.get('exp_name')}  ({results.get('run_dir')})")
+    lines.append(
+        "Model: {name}, {params:,} parameters, {flops:,} FLOPs per sample".format(
+            name=results.get("model_info", {}).get("name"),
+            params=results.get("model_info", {}).get("params", 0) or 0,
+            flops=results.get("model_info", {}).get("flops_per_sample", 0) or 0,
+        )
+    )
+    s2 = cfg.get("stage2", {})
+    lines.append(
+        f"Stage 1: loss {cfg.get('loss', {}).get('name')}, sampler {cfg.get('sampling', {}).get('name')}; "
+        + (f"stage 2: {s2.get('mode')} with {s2.get('loss')} + {s2.get('sampler')}; " if s2.get("enabled") else "stage 2: off; ")
+        + f"stage 3: {cfg.get('stage3', {}).get('mode')}; post-hoc: {cfg.get('evaluation', {}).get('eval_logit_adjust')}"
+    )
+    counts = results.get("class_counts", [])
+    if counts:
+        lines.append(f"Training class counts: {counts} (imbalance ratio {max(counts) / max(min(counts), 1):.1f})")
+    lines.append("")
+    stages = [k for k in ("stage1", "stage2", "stage3", "final") if k in results.get("metrics", {})]
+    lines.append("Test metrics (%)".ljust(18) + "".join(s.rjust(9) for s in stages))
+    for key, label in METRIC_LABELS:
+        vals = [results["metrics"][s]["overall"].get(key) for s in stages]
+        if all(v is None for v in vals):
+            continue
+        lines.append(label.ljust(18) + "".join(_pct(v).rjust(9) for v in vals))
+    cal = results.get("calibration", {})
+    if cal:
+        lines.append("")
+        for k, v in cal.items():
+            if not isinstance(v, (list, dict)):
+                lines.append(f"{k}: {v}")
+    per_class = results.get("per_class") or []
+    names = results.get("class_names") or results.get("classes") or []
+    if per_class:
+        lines.append("")
+        lines.append("Per class (final):  class  group   train n  support  precision  recall     f1")
+        for row in per_class:
+            c = row.get("class")
+            name = str(names[c]) if c is not None and c < len(names) else str(c)
+            lines.append(
+                f"{'':20}{name[:6]:>6} {str(row.get('group', ''))[:6]:>6} {row.get('count', 0):9d} "
+                f"{row.get('support', 0):8d} {_pct(row.get('precision'))}     {_pct(row.get('recall'))} {_pct(row.get('f1'))}"
+            )
+    timings = results.get("timings", {})
+    if timings:
+        lines.append("")
+        lines.append("Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return "\n".join(lines) + "\n"
