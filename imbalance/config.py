@@ -239,6 +239,26 @@ class Config:
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
 
 
+def with_schema(cfg: Any) -> Any:
+    """``cfg`` merged over the schema: missing keys get their defaults (so a config.yaml without
+    the ``base_config`` default still runs) and an unknown key is a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain.pop("hydra", None)
+    base = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(base, plain)
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"unknown config key {key!r}; see config.yaml for the valid keys") from None
+    except ValidationError as err:
+        raise ConfigError(f"invalid config value: {str(err).splitlines()[0]} (key {getattr(err, 'full_key', '?')})") from None
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
 def register_configs() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import calibration as cal
-from .config import PROJECT_ROOT, parse_tau, validate
+from .config import PROJECT_ROOT, parse_tau, validate, with_schema
 from .engine import (EarlyStopping, MetricsWriter, StageResult, atomic_save, fit, predict, unwrap,
                      accuracy_and_macc)
 from .errors import ConfigError, DataError, UserError
@@ -160,6 +160,23 @@ def update_latest_link(run_dir: Path, exp_name: str) -> None:
         os.replace(tmp, link)
     except OSError as err:  # e.g. a file system without symlinks
         log.warning("could not update %s: %s", link, err)
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Fail fast, before any data is read, on a component name that is not registered."""
+    from .losses import LOSSES
+    from .models import HEADS, MODELS
+    from .optim import OPTIMIZERS
+    from .samplers import SAMPLERS
+    from .stage2 import STAGE2_MODES
+
+    checks = [(MODELS, cfg.model.name), (HEADS, cfg.model.head), (LOSSES, cfg.loss.name),
+              (SAMPLERS, cfg.sampling.name), (OPTIMIZERS, cfg.training.optimizer)]
+    if cfg.stage2.enabled:
+        checks += [(LOSSES, cfg.stage2.loss), (SAMPLERS, cfg.stage2.sampler), (OPTIMIZERS, cfg.stage2.optimizer),
+                   (STAGE2_MODES, cfg.stage2.mode)]
+    for registry, name in checks:
+        registry.canonical(name)
 
 
 # =============================================================================================
@@ -598,7 +615,9 @@ def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[st
 def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
     """Train and evaluate as ``cfg`` says; write the run folder; return the final val mAcc."""
     t_start = time.perf_counter()
+    cfg = with_schema(cfg)
     validate(cfg)
+    check_names(cfg)
     if cfg.mode == "eval":
         from .evaluate import run_eval
 

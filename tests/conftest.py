@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny configs that train in seconds on a CPU."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# A complete pipeline (stage 1, stage 2, evaluation) on the built-in data in a few seconds.
+TINY = [
+    "training.epochs=2",
+    "stage2.epochs=2",
+    "data.synthetic.train_per_class=60",
+    "data.synthetic.test_per_class=20",
+    "data.synthetic.length=256",
+    "data.batch_size=32",
+    "model.width=8",
+    "model.depth=2",
+    "visualization.enabled=false",
+    "scheduler.warmup_epochs=1",
+    "num_threads=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(*overrides: str):
+    from imbalance.config import compose
+
+    return compose(TINY + list(overrides))
+
+
+@pytest.fixture
+def tiny():
+    """``tiny(*overrides)`` -> a composed tiny config."""
+    return tiny_cfg
+
+
+@pytest.fixture
+def run_tiny(tmp_path):
+    """``run_tiny(*overrides, name='r')`` -> (run folder, returned val mAcc)."""
+    from imbalance.pipeline import run
+
+    def _run(*overrides: str, name: str = "r"):
+        rdir = tmp_path / name
+        value = run(tiny_cfg(*overrides), run_dir=rdir)
+        return rdir, value
+
+    return _run
