@@ -175,6 +175,7 @@ class EvaluationConfig:
     eval_logit_adjust: str = "none"  # none / posthoc
     eval_logit_tau: Any = 1.0  # a number in [0, 3] or "auto"
     batch_size: int = 512
+    skip_unknown_classes: bool = False  # mode=eval: drop test samples of classes the model never saw
 
 
 @dataclass
