@@ -103,7 +103,8 @@ class TrainingConfig:
     momentum: float = 0.9
     grad_clip: float = 1.0  # 0 or null: off
     label_smoothing: float = 0.0
-    accumulation_steps: int = 1
+    accumulation_steps: int = 1  # optimizer step every N batches (effective batch N * batch_size)
+    skip_nonfinite: bool = False  # false: a NaN/Inf loss stops the run (epoch, batch); true: skip the batch
 
 
 @dataclass

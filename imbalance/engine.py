@@ -5,9 +5,16 @@ classifier on cached features), which parameters the optimizer holds, the loss, 
 (with the stage's sampler), the schedule and how long. ``fit`` calls ``loader.set_epoch`` and
 ``loss_fn.set_epoch`` at the start of every epoch, so re-sampling schedules and deferred
 re-weighting really progress.
+
+Under ``torchrun`` (see :mod:`imbalance.distributed`) the same loop runs on every rank: the
+model is DistributedDataParallel, train metrics are summed over ranks, evaluation loaders are
+contiguous shards whose predictions are gathered, the validation metrics of rank 0 are
+broadcast (so early stopping decides the same everywhere), BatchNorm buffers are synchronised
+from rank 0 after each epoch, and only the rank given a ``ckpt_dir``/``metrics`` writes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import logging
@@ -23,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as D
+from .errors import UserError
 from .precision import Precision
 
 log = logging.getLogger(__name__)
@@ -33,8 +42,13 @@ METRICS_COLUMNS = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The training loss became NaN or Inf (the message says stage, epoch and batch).
+
+    A :class:`~imbalance.errors.UserError`: ``main.py`` reports it as one line (usually the
+    learning rate is too high, or ``amp`` overflowed); ``training.skip_nonfinite=true`` skips such
+    batches instead.
+    """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,13 +78,44 @@ def accuracy_and_macc(pred: torch.Tensor, target: torch.Tensor, num_classes: int
     return acc, macc
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+def previous_path(path: Path) -> Path:
+    """Where :func:`atomic_save` with ``keep_previous`` keeps the file it replaces:
+    ``stage1_last.pt`` -> ``stage1_last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
+    """torch.save to a temporary file in the same folder (flushed to disk), then rename over
+    ``path``: a reader sees the old file or the new one, never a partial one, whenever the
+    process is killed. With ``keep_previous`` the file being replaced stays as
+    :func:`previous_path` (a fallback should ``path`` be damaged later, e.g. by a copy)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            prev = previous_path(path)
+            prev_tmp = prev.with_name(f".{prev.name}.tmp{os.getpid()}")
+            try:
+                if prev_tmp.exists():
+                    prev_tmp.unlink()
+                os.link(path, prev_tmp)  # no copy: a second name for the old file
+            except OSError:
+                import shutil
+
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def rng_state() -> Dict[str, Any]:
@@ -191,6 +236,8 @@ def predict(
     was_training = model.training
     model.eval()
     net = unwrap(model)
+    # DDP's forward may run collectives; evaluation shards differ in length, so run the module.
+    fwd = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     logits, labels, feats = [], [], []
     ctx = precision.autocast if precision is not None else _null
     for x, y in loader:
@@ -200,14 +247,23 @@ def predict(
                 z = net.classifier(f)
                 feats.append(f.float().cpu())
             else:
-                z = model(x)
+                z = fwd(x)
         logits.append(z.float().cpu())
         labels.append(y.cpu())
     model.train(was_training)
-    out = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    out = {"logits": _cat(logits), "labels": _cat(labels)}
     if features:
-        out["features"] = torch.cat(feats)
+        out["features"] = _cat(feats)
+    if getattr(loader, "is_eval_shard", False) and D.is_enabled():
+        # every rank predicted its contiguous block: concatenate in rank order = dataset order
+        out = {k: D.gather_cat(v) for k, v in out.items()}
+    if out["logits"] is None:
+        raise ValueError("predict: the loader yielded no batches")
     return out
+
+
+def _cat(parts: List[torch.Tensor]) -> Optional[torch.Tensor]:
+    return torch.cat(parts) if parts else None
 
 
 def _null():
@@ -251,32 +307,54 @@ def train_one_epoch(
     skip_nonfinite: bool = False,
     progress: Any = None,
     location: str = "",
+    on_batch_end: Optional[Callable[[int], None]] = None,
 ) -> Dict[str, float]:
-    """One pass over ``loader``; returns mean train loss and accuracy (on the fly)."""
+    """One pass over ``loader``; returns mean train loss and accuracy (on the fly) and the
+    number of samples (``train_samples``).
+
+    The loss is computed in float32 on float32 logits whatever the autocast dtype (margins,
+    log-priors and re-weighting are precision-sensitive).
+
+    Gradient accumulation (``accumulation_steps = k``): each group of k consecutive batches is
+    one optimizer step on the mean of their losses (each batch loss divided by the number of
+    batches in its group, so a last, shorter group is a mean too). With equal batch sizes
+    (``drop_last``) and layers that do not mix samples (no BatchNorm), k batches of B equal one
+    batch of k*B. Under DDP, gradients are only all-reduced on the last batch of a group.
+    """
     scaler = precision.scaler
     total_loss = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.long)
     seen = 0
     optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
+    k = max(1, int(accumulation_steps))
+    distributed = D.is_enabled()
+    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     clip_params = params_to_clip if params_to_clip is not None else [
         p for g in optimizer.param_groups for p in g["params"]]
     for i, (x, y) in enumerate(loader):
-        with precision.autocast():
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            if skip_nonfinite:
-                log.warning("%s batch %d: non-finite loss %s skipped", location, i + 1, float(loss))
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            raise NonFiniteLossError(f"{location}, batch {i + 1}: the loss is {float(loss)}")
-        scaled = loss / accumulation_steps
-        if scaler is not None:
-            scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        if (i + 1) % accumulation_steps == 0 or i + 1 == n_batches:
+        step_now = (i + 1) % k == 0 or i + 1 == n_batches
+        group_len = min(k, n_batches - (i // k) * k)
+        sync = model.no_sync() if (is_ddp and not step_now) else contextlib.nullcontext()
+        with sync:
+            with precision.autocast():
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            bad = not bool(torch.isfinite(loss))
+            if distributed:  # every rank must take the same branch (DDP collectives)
+                bad = D.any_rank(bad)
+            if bad:
+                if skip_nonfinite:
+                    log.warning("%s, batch %d: non-finite loss %s skipped", location, i + 1, float(loss.detach()))
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                raise NonFiniteLossError(f"{location}, batch {i + 1}: the loss is {float(loss.detach())}")
+            scaled = loss / group_len
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        if step_now:
             if grad_clip:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -293,9 +371,11 @@ def train_one_epoch(
         seen += b
         if progress is not None:
             progress.update(1)
+        if on_batch_end is not None:
+            on_batch_end(i + 1)
     if seen == 0:
-        return {"train_loss": float("nan"), "train_acc": float("nan")}
-    return {"train_loss": float(total_loss) / seen, "train_acc": float(correct) / seen}
+        return {"train_loss": float("nan"), "train_acc": float("nan"), "train_samples": 0}
+    return {"train_loss": float(total_loss) / seen, "train_acc": float(correct) / seen, "train_samples": seen}
 
 
 def evaluate_loader(
@@ -343,20 +423,35 @@ def fit(
     start_epoch: int = 0,
     save_module: Optional[nn.Module] = None,
     on_epoch_end: Optional[Callable[[int], None]] = None,
+    best_state: Optional[Dict[str, torch.Tensor]] = None,
+    on_batch_end: Optional[Callable[[int, int], None]] = None,
 ) -> StageResult:
     """Train ``model`` for up to ``epochs`` epochs (from ``start_epoch``, 0-based) and restore the
     best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end.
 
     ``save_module`` is what checkpoints and best-restoring hold (default: ``model``); it differs
     when ``model`` is a classifier trained on cached features of a bigger network.
+
+    Every epoch writes ``stage<k>_last.pt`` (the previous one kept as ``stage<k>_last.prev.pt``)
+    and, when the monitored value improved, ``stage<k>_best.pt``, atomically. A checkpoint is the
+    whole state at the epoch boundary: model, optimizer, schedule, GradScaler, early stopping,
+    RNG states (python, numpy, torch; every rank's under DDP), the sampler/loss epochs
+    (``checkpoint_extra``), so that a run resumed from it (``start_epoch`` = its ``epoch``,
+    ``best_state`` = the best checkpoint's weights, the states loaded) continues bit-for-bit.
+    ``on_batch_end(epoch, batch)`` (1-based) is called after every training batch.
     """
     t_stage = time.perf_counter()
     holder = unwrap(save_module if save_module is not None else model)
-    best_state = copy.deepcopy(holder.state_dict())
-    result = StageResult(stage=stage, epochs_run=0, best_epoch=early_stopping.best_epoch,
+    best_state = copy.deepcopy(holder.state_dict()) if best_state is None else best_state
+    result = StageResult(stage=stage, epochs_run=int(start_epoch), best_epoch=early_stopping.best_epoch,
                          best_value=early_stopping.best)
     set_mode = set_train_mode or (lambda m: m.train())
+    distributed = D.is_enabled()
+    if early_stopping.should_stop:  # resumed after the stage had stopped early
+        result.stopped_early = True
     for epoch in range(start_epoch, epochs):
+        if result.stopped_early:
+            break
         t0 = time.perf_counter()
         train_loader.set_epoch(epoch)
         if hasattr(loss_fn, "set_epoch"):
@@ -364,16 +459,35 @@ def fit(
         lr = schedule.start_epoch(epoch)
         set_mode(model)
         bar = _progress(len(train_loader), f"stage {stage} epoch {epoch + 1}/{epochs}", progress_bar)
+        batch_hook = None
+        if on_batch_end is not None:
+            batch_hook = lambda b, _e=epoch + 1: on_batch_end(_e, b)  # noqa: E731
         try:
             tr = train_one_epoch(
                 model, train_loader, loss_fn, optimizer, precision=precision, grad_clip=grad_clip,
                 accumulation_steps=accumulation_steps, skip_nonfinite=skip_nonfinite, progress=bar,
-                location=f"stage {stage}, epoch {epoch + 1}",
+                location=f"stage {stage}, epoch {epoch + 1}", on_batch_end=batch_hook,
             )
+        except NonFiniteLossError as err:
+            last = Path(ckpt_dir) / f"stage{stage}_last.pt" if ckpt_dir is not None else None
+            where = (f"; the last good checkpoint is {last} (epoch {epoch})" if last is not None and last.exists()
+                     else "")
+            raise NonFiniteLossError(
+                f"{err}{where}; lower training.lr, keep training.grad_clip on, or set "
+                "training.skip_nonfinite=true to skip such batches") from None
         finally:
             if bar is not None:
                 bar.close()
+        n_seen = tr.pop("train_samples", 0)
+        if distributed:
+            # sum over ranks; BatchNorm statistics of rank 0 everywhere (what is checkpointed)
+            s_loss, s_acc, s_n = D.all_reduce_sum([tr["train_loss"] * n_seen, tr["train_acc"] * n_seen, n_seen])
+            tr = {"train_loss": s_loss / max(s_n, 1), "train_acc": s_acc / max(s_n, 1)}
+            if isinstance(model, nn.parallel.DistributedDataParallel):
+                D.sync_buffers(holder)
         va = evaluate_loader(model, val_loader, val_loss_fn or loss_fn, num_classes, precision)
+        if distributed:
+            va = D.broadcast_object(va)
         schedule.end_epoch(va[early_stopping.monitor])
         improved = early_stopping.step(va[early_stopping.monitor], epoch + 1)
         if improved:
@@ -385,17 +499,20 @@ def fit(
         result.epochs_run = epoch + 1
         if metrics is not None:
             metrics.write(row)
+        rng = rng_state()
+        rng_ranks = D.all_gather_object(rng) if distributed else None
         if ckpt_dir is not None:
             state = {
-                "stage": stage, "epoch": epoch + 1, "model": holder.state_dict(),
+                "stage": stage, "epoch": epoch + 1, "global_epoch": global_epoch_offset + epoch + 1,
+                "epochs": int(epochs), "model": holder.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "early_stopping": early_stopping.state_dict(), "rng": rng_state(),
+                "early_stopping": early_stopping.state_dict(), "rng": rng, "rng_ranks": rng_ranks,
                 "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
                 "completed": False,
             }
             if checkpoint_extra is not None:
                 state.update(checkpoint_extra())
-            atomic_save(state, Path(ckpt_dir) / f"stage{stage}_last.pt")
+            atomic_save(state, Path(ckpt_dir) / f"stage{stage}_last.pt", keep_previous=True)
             if improved:
                 atomic_save({**state, "model": best_state}, Path(ckpt_dir) / f"stage{stage}_best.pt")
         if (epoch + 1) % console_log_interval == 0 or epoch + 1 == epochs:

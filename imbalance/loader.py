@@ -44,7 +44,12 @@ class BatchLoader:
         augment: a callable applied to each whole batch ``x`` (B, C, L), e.g. from
             ``imbalance.data.build_augmentation``; it receives ``generator=`` for repeatability.
         seed: base seed of the shuffling and augmentation generators.
-        num_replicas, rank: shard the epoch for distributed training (rank r takes r::n).
+        num_replicas, rank: shard the epoch for distributed training. With ``even_shards``
+            (training) rank r takes positions r::n of the epoch order, padded by wrapping to equal
+            lengths (as ``DistributedSampler``), so the ranks' b-th batches together are the b-th
+            batch of one process with ``n`` times the batch size. Without it (evaluation) rank r
+            takes the r-th contiguous, unpadded block: concatenated in rank order the blocks are
+            the epoch order, each sample once (``is_eval_shard``; gathered by ``engine.predict``).
         device: move batches there (non-blocking from pinned memory when ``pin_memory``).
     """
 
@@ -62,6 +67,7 @@ class BatchLoader:
         rank: int = 0,
         device: Optional[torch.device] = None,
         pin_memory: bool = False,
+        even_shards: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -74,6 +80,9 @@ class BatchLoader:
         self.seed = int(seed)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        self.even_shards = bool(even_shards)
         self.device = device
         self.pin_memory = bool(pin_memory) and device is not None and device.type == "cuda"
         self.epoch = 0
@@ -94,6 +103,9 @@ class BatchLoader:
             idx = torch.randperm(n, generator=g)
         else:
             idx = torch.arange(n)
+        if self.num_replicas > 1 and not self.even_shards:
+            lo, hi = self._block(n)
+            return idx[lo:hi]
         if self.num_replicas > 1:
             total = math.ceil(n / self.num_replicas) * self.num_replicas
             if total > n:  # pad by wrapping, as DistributedSampler does
@@ -101,10 +113,21 @@ class BatchLoader:
             idx = idx[self.rank :: self.num_replicas]
         return idx
 
+    @property
+    def is_eval_shard(self) -> bool:
+        """True when this loader yields one rank's contiguous block of an evaluation set."""
+        return self.num_replicas > 1 and not self.even_shards and self.sampler is None
+
+    def _block(self, n: int) -> Tuple[int, int]:
+        return n * self.rank // self.num_replicas, n * (self.rank + 1) // self.num_replicas
+
     def _num_indices(self) -> int:
         if self.sampler is not None:
             return len(self.sampler)
         n = len(self.dataset)
+        if self.num_replicas > 1 and not self.even_shards:
+            lo, hi = self._block(n)
+            return hi - lo
         return math.ceil(n / self.num_replicas) if self.num_replicas > 1 else n
 
     def __len__(self) -> int:

@@ -3,6 +3,12 @@
 ``run(cfg)`` is what ``main.py`` calls with Hydra's composed config. Config is read here, at
 the edge, by the ``build_*`` functions, which call the plain-Python constructors of the
 components (datasets, samplers, losses, models, optimizers).
+
+Scaling and survival (docs/scaling.md): ``gpus: "0,1"`` wraps the model in DataParallel;
+``torchrun --nproc_per_node=N main.py`` runs DistributedDataParallel (:mod:`imbalance.distributed`);
+``resume=auto|<run folder>|<checkpoint>`` continues an interrupted run in its own folder
+(:mod:`imbalance.checkpoint`); Ctrl-C stops after the last completed epoch's checkpoint and says
+how to resume.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import calibration as cal
+from . import distributed as D
 from .config import PROJECT_ROOT, parse_tau, validate, with_schema
 from .engine import (EarlyStopping, MetricsWriter, StageResult, atomic_save, fit, predict, unwrap,
-                     accuracy_and_macc)
+                     accuracy_and_macc, set_rng_state)
 from .errors import ConfigError, DataError, UserError
 from .loader import BatchLoader, TensorPairDataset
 from .optim import EpochSchedule, create_optimizer
@@ -80,8 +88,10 @@ def resolve_path(path: Optional[str]) -> Optional[str]:
 _HANDLER_TAG = "_imbalance_handler"
 
 
-def setup_logging(run_dir: Path) -> None:
-    """Console (INFO, short) and logs/training.log (INFO, timestamped) on the root logger."""
+def setup_logging(run_dir: Path, *, main_process: bool = True) -> None:
+    """Console (INFO, short) and logs/training.log (INFO, timestamped, appended to) on the root
+    logger. Other ranks of a distributed run (``main_process=False``) log warnings and errors to
+    the console only, prefixed with their rank."""
     root = logging.getLogger()
     for h in list(root.handlers):
         # ours from an earlier run in this process, and Hydra's plain console handler
@@ -89,6 +99,14 @@ def setup_logging(run_dir: Path) -> None:
             root.removeHandler(h)
             if getattr(h, _HANDLER_TAG, False):
                 h.close()
+    if not main_process:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter(f"[rank {D.current().rank}] %(levelname)s: %(message)s"))
+        console.setLevel(logging.WARNING)
+        setattr(console, _HANDLER_TAG, True)
+        root.addHandler(console)
+        root.setLevel(logging.WARNING)
+        return
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -113,9 +131,31 @@ def seed_everything(seed: int) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def select_device(name: str, gpus: str) -> Tuple[torch.device, List[int]]:
-    """``auto`` picks CUDA when available; ``gpus`` lists the GPU ids used for DataParallel."""
+def parse_gpus(gpus: Any) -> List[int]:
+    """``"0,1,2,3"`` -> [0, 1, 2, 3] (also an int or a list); a ConfigError otherwise."""
+    if isinstance(gpus, (list, tuple)):
+        items = [str(g) for g in gpus]
+    else:
+        items = str(gpus).replace(" ", "").split(",")
+    try:
+        ids = [int(g) for g in items if g != ""]
+    except ValueError:
+        raise ConfigError(f"gpus={gpus!r} is not valid; use a comma-separated list such as \"0,1\"") from None
+    if any(g < 0 for g in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"gpus={gpus!r} is not valid; list distinct GPU ids >= 0, such as \"0,1\"")
+    return ids
+
+
+def select_device(name: str, gpus: str, dist_env: Optional[D.DistEnv] = None) -> Tuple[torch.device, List[int]]:
+    """``auto`` picks CUDA when available; ``gpus`` lists the GPU ids used for DataParallel.
+
+    GPUs listed but not visible are dropped with a warning (SEED's template says "0,1,2,3"; a
+    machine with one GPU runs on it, without DataParallel); on the CPU ``gpus`` is ignored (said
+    once when it lists several). Under torchrun each rank uses GPU ``LOCAL_RANK`` and ``gpus`` is
+    ignored: one process per GPU.
+    """
     name = str(name).strip().lower()
+    ids = parse_gpus(gpus)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -125,26 +165,37 @@ def select_device(name: str, gpus: str) -> Tuple[torch.device, List[int]]:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device={name!r} is not valid; use auto, cpu, cuda or cuda:N") from None
-    ids: List[int] = []
-    if device.type == "cuda":
-        try:
-            ids = [int(g) for g in str(gpus).replace(" ", "").split(",") if g != ""]
-        except ValueError:
-            raise ConfigError(f"gpus={gpus!r} is not valid; use a comma-separated list such as \"0,1\"") from None
-        n = torch.cuda.device_count()
-        bad = [g for g in ids if g >= n]
-        if bad:
-            raise ConfigError(f"gpus={gpus!r} names GPU {bad}, but only {n} GPU(s) are visible")
-        if ids and device.index is None:
-            device = torch.device("cuda", ids[0])
+    env = dist_env or D.current()
+    if env.enabled:
+        dev = D.device_for(env)
+        if device.type == "cuda" and dev is not None:
+            if len(ids) > 1 and env.is_main:
+                log.info("torchrun: one process per GPU (rank r uses cuda:LOCAL_RANK); gpus=%s is not used", gpus)
+            return dev, [dev.index]
+        return torch.device("cpu"), []
+    if device.type != "cuda":
+        if len(ids) > 1:
+            log.warning("gpus=%s is ignored: training runs on the CPU (no DataParallel)", gpus)
+        return device, []
+    n = torch.cuda.device_count()
+    bad = [g for g in ids if g >= n]
+    if bad:
+        ids = [g for g in ids if g < n]
+        log.warning("gpus=%s names GPU %s, but only %d GPU(s) are visible; using %s", gpus, bad, n,
+                    ids if ids else [device.index or 0])
+    if device.index is not None and ids and device.index not in ids:
+        ids = [device.index]
+    if ids and device.index is None:
+        device = torch.device("cuda", ids[0])
     return device, ids
 
 
-def set_threads(num_threads: int, num_workers: int) -> int:
-    """Intra-op threads = cores (minus DataLoader workers, so nothing is oversubscribed)."""
+def set_threads(num_threads: int, num_workers: int, processes_per_node: int = 1) -> int:
+    """Intra-op threads = cores (minus DataLoader workers, so nothing is oversubscribed), shared
+    by the processes of a node under torchrun."""
     if num_threads <= 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        num_threads = max(1, cores - num_workers)
+        num_threads = max(1, cores // max(1, int(processes_per_node)) - num_workers)
     torch.set_num_threads(num_threads)
     return num_threads
 
@@ -322,19 +373,33 @@ def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
 
 
 def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
-                  total_epochs: int, seed: int, num_classes: int) -> Any:
+                  total_epochs: int, seed: int, num_classes: int, shard: bool = True) -> Any:
+    """The stage's sampler; under torchrun (``shard``) each rank takes its slice of one global
+    draw (``num_replicas``/``rank``), which keeps the class distribution exact."""
     from .samplers import make_sampler
 
+    env = D.current()
+    replicas, rank = (env.world_size, env.rank) if (shard and env.enabled) else (1, 0)
     return make_sampler(np.asarray(labels), name, alpha=float(alpha), alpha_start=float(alpha_start),
                         alpha_end=float(alpha_end), total_epochs=int(total_epochs), seed=int(seed),
-                        num_classes=int(num_classes))
+                        num_classes=int(num_classes), num_replicas=replicas, rank=rank)
 
 
 def make_loader(ds: Any, batch_size: int, device: torch.device, cfg: DictConfig, *, train: bool = False,
-                sampler: Any = None, augment: Any = None, seed: int = 0) -> BatchLoader:
-    drop_last = bool(cfg.data.drop_last) and train and len(ds) > batch_size
+                sampler: Any = None, augment: Any = None, seed: int = 0, shard: bool = True) -> BatchLoader:
+    """A batch loader over ``ds``. Under torchrun (``shard``) a training loader takes this rank's
+    strided slice of the epoch with ``batch_size // world_size`` per batch (``batch_size`` is the
+    global batch); an evaluation loader takes this rank's contiguous block (gathered by
+    ``engine.predict``)."""
+    env = D.current()
+    replicas, rank = (env.world_size, env.rank) if (shard and env.enabled) else (1, 0)
+    if train and replicas > 1:
+        batch_size = D.per_rank_batch(batch_size, env)
+    n_local = math.ceil(len(ds) / replicas) if sampler is None else len(sampler)
+    drop_last = bool(cfg.data.drop_last) and train and n_local > batch_size
     return BatchLoader(ds, batch_size, shuffle=train, sampler=sampler, drop_last=drop_last, augment=augment,
-                       seed=seed, device=device, pin_memory=bool(cfg.data.pin_memory))
+                       seed=seed, device=device, pin_memory=bool(cfg.data.pin_memory), num_replicas=replicas,
+                       rank=rank, even_shards=train)
 
 
 def progress_enabled(setting: Any) -> bool:
@@ -354,12 +419,23 @@ class RunContext:
     device: torch.device
     precision: Precision
     data: DataBundle
-    model: nn.Module  # possibly DataParallel-wrapped
-    metrics: MetricsWriter
+    model: nn.Module  # possibly DataParallel / DistributedDataParallel-wrapped
+    metrics: Optional[MetricsWriter]  # None on ranks other than 0
     progress: bool
     val_loader: BatchLoader
     test_loader: BatchLoader
     global_epoch: int = 0
+    resume: Any = None  # a checkpoint.ResumePoint when continuing a run
+    kill_hook: Any = None  # test hook: on_batch_end(global_epoch, batch)
+
+    @property
+    def is_main(self) -> bool:
+        return D.current().is_main
+
+    @property
+    def ckpt_out(self) -> Optional[Path]:
+        """Where this process writes checkpoints (rank 0 only)."""
+        return self.ckpt_dir if self.is_main else None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -368,6 +444,50 @@ class RunContext:
     @property
     def net(self) -> nn.Module:
         return unwrap(self.model)
+
+
+def _resume_for(ctx: RunContext, stage: int) -> Optional[Dict[str, Any]]:
+    point = ctx.resume
+    return point.state if point is not None and point.stage == stage else None
+
+
+def _restore_stage(ctx: RunContext, stage: int, *, holder: nn.Module, optimizer: Any, schedule: Any,
+                   es: EarlyStopping) -> Tuple[int, Optional[Dict[str, torch.Tensor]]]:
+    """Load a resumed stage's state; return (start epoch, best weights so far)."""
+    from .checkpoint import CheckpointError, best_state_for
+
+    state = _resume_for(ctx, stage)
+    if state is None:
+        return 0, None
+    try:
+        holder.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{ctx.resume.checkpoint} does not fit the model/optimizer of this run's config "
+                              f"({str(err).splitlines()[0][:160]})") from None
+    schedule.load_state_dict(state["schedule"])
+    es.load_state_dict(state["early_stopping"])
+    if ctx.precision.scaler is not None and state.get("scaler"):
+        ctx.precision.scaler.load_state_dict(state["scaler"])
+    best = best_state_for(ctx.resume, stage) if es.best is not None else None
+    env = D.current()
+    ranks = state.get("rng_ranks")
+    if env.enabled and ranks and len(ranks) == env.world_size:
+        set_rng_state(ranks[env.rank])
+    else:
+        set_rng_state(state["rng"])
+    log.info("stage %d: resumed after epoch %d of %d", stage, int(state["epoch"]), int(state.get("epochs", 0)))
+    return int(state["epoch"]), best
+
+
+def _ckpt_extra(ctx: RunContext, sampler: Any, loss_fn: Any, stages: Dict[str, Any]):
+    cfg_plain = OmegaConf.to_container(ctx.cfg, resolve=True)
+
+    def extra() -> Dict[str, Any]:
+        return {**_schedule_state(sampler, loss_fn), "config": cfg_plain, "previous_stages": dict(stages),
+                "world_size": D.current().world_size}
+
+    return extra
 
 
 def run_stage1(ctx: RunContext) -> StageResult:
@@ -397,15 +517,23 @@ def run_stage1(ctx: RunContext) -> StageResult:
                        enabled=bool(cfg.early_stopping.enabled))
     log.info("stage 1: %s, sampler %s, %s, lr %g, %d epochs, %d batches/epoch", cfg.loss.name, cfg.sampling.name,
              t.optimizer, float(t.lr), int(t.epochs), len(train_loader))
+    start, best = _restore_stage(ctx, 1, holder=ctx.net, optimizer=optimizer, schedule=schedule, es=es)
     res = fit(ctx.model, stage=1, train_loader=train_loader, val_loader=ctx.val_loader, loss_fn=loss_fn,
               optimizer=optimizer, schedule=schedule, epochs=int(t.epochs), num_classes=data.num_classes,
-              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_dir,
-              checkpoint_extra=lambda: _schedule_state(sampler, loss_fn),
+              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_out,
+              checkpoint_extra=_ckpt_extra(ctx, sampler, loss_fn, {}),
               grad_clip=float(t.grad_clip or 0) or None, accumulation_steps=int(t.accumulation_steps),
               global_epoch_offset=ctx.global_epoch, console_log_interval=int(cfg.console_log_interval),
-              progress_bar=ctx.progress)
+              progress_bar=ctx.progress, skip_nonfinite=bool(t.skip_nonfinite), start_epoch=start,
+              best_state=best, on_batch_end=_epoch_hook(ctx, 0))
     ctx.global_epoch += res.epochs_run
     return res
+
+
+def _epoch_hook(ctx: RunContext, offset: int):
+    if ctx.kill_hook is None:
+        return None
+    return lambda epoch, batch: ctx.kill_hook(offset + epoch, batch)
 
 
 def _schedule_state(sampler: Any, loss_fn: Any) -> Dict[str, Any]:
@@ -431,25 +559,33 @@ def cfg_eval_batch(cfg: DictConfig) -> int:
     return int(cfg.evaluation.batch_size)
 
 
-def run_stage2(ctx: RunContext) -> StageResult:
+def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> StageResult:
+    """Stage 2 (cRT / fine-tune / LWS) from stage 1's best weights (already in ``ctx.model``).
+
+    Under torchrun, a classifier trained on cached features runs the same full computation on
+    every rank (a linear layer on features gathered from all ranks: cheaper than synchronising,
+    and identical to one process); otherwise the model is re-wrapped in DDP after the stage's
+    freezing so that only the trainable parameters are synchronised."""
     cfg = ctx.cfg
     s2 = cfg.stage2
     data = ctx.data
     best1 = ctx.ckpt_dir / "stage1_best.pt"
-    if not best1.exists():
+    if ctx.is_main and not best1.exists():
         raise UserError(f"stage 2 needs stage 1's best checkpoint, but {best1} does not exist")
     plan = make_stage2_plan(s2.mode, ctx.model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
     loss_fn = stage2_loss(cfg, data.class_counts).to(ctx.device)
     epochs = int(s2.epochs)
-    sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,
-                            alpha_end=s2.alpha_end, total_epochs=epochs, seed=int(cfg.seed) + 1,
-                            num_classes=data.num_classes)
     augment = build_augmentation(cfg)
     eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)
     use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None
+    sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,
+                            alpha_end=s2.alpha_end, total_epochs=epochs, seed=int(cfg.seed) + 1,
+                            num_classes=data.num_classes, shard=not use_cache)
     bs = int(cfg.data.batch_size)
+    if D.is_enabled() and not use_cache:
+        ctx.model = D.wrap_ddp(ctx.net, ctx.device)
     if use_cache:
         t0 = time.perf_counter()
         train_ds, val_ds = cached_features(ctx, data.train), cached_features(ctx, data.val)
@@ -474,13 +610,16 @@ def run_stage2(ctx: RunContext) -> StageResult:
                        patience=int(s2.patience if s2.patience is not None else cfg.early_stopping.patience),
                        min_delta=float(cfg.early_stopping.min_delta), enabled=bool(cfg.early_stopping.enabled))
     log.info("stage 2: %s with %s, sampler %s, lr %g, %d epochs", s2.mode, s2.loss, s2.sampler, float(s2.lr), epochs)
+    start, best = _restore_stage(ctx, 2, holder=ctx.net, optimizer=optimizer, schedule=schedule, es=es)
     res = fit(trainee, stage=2, train_loader=train_loader, val_loader=val_loader, loss_fn=loss_fn,
               optimizer=optimizer, schedule=schedule, epochs=epochs, num_classes=data.num_classes,
-              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_dir,
-              checkpoint_extra=lambda: _schedule_state(sampler, loss_fn), set_train_mode=set_mode,
-              grad_clip=float(cfg.training.grad_clip or 0) or None, global_epoch_offset=ctx.global_epoch,
-              console_log_interval=int(cfg.console_log_interval), progress_bar=ctx.progress and not use_cache,
-              save_module=ctx.model)
+              early_stopping=es, precision=ctx.precision, metrics=ctx.metrics, ckpt_dir=ctx.ckpt_out,
+              checkpoint_extra=_ckpt_extra(ctx, sampler, loss_fn, {"stage1": stage1} if stage1 else {}),
+              set_train_mode=set_mode, grad_clip=float(cfg.training.grad_clip or 0) or None,
+              global_epoch_offset=ctx.global_epoch, console_log_interval=int(cfg.console_log_interval),
+              progress_bar=ctx.progress and not use_cache, save_module=ctx.model,
+              skip_nonfinite=bool(cfg.training.skip_nonfinite), start_epoch=start, best_state=best,
+              on_batch_end=_epoch_hook(ctx, ctx.global_epoch))
     ctx.global_epoch += res.epochs_run
     for p in ctx.model.parameters():
         p.requires_grad_(False)
@@ -612,8 +751,94 @@ def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[st
 # =============================================================================================
 # The run
 # =============================================================================================
+TEST_KILL_ENV = "IMBALANCE_TEST_KILL_AFTER_EPOCH"
+
+
+def _test_kill_hook():
+    """Test hook: ``IMBALANCE_TEST_KILL_AFTER_EPOCH=N`` makes the process SIGKILL itself in the
+    middle of global epoch N+1 (after its first batch), i.e. after epoch N's checkpoint."""
+    value = os.environ.get(TEST_KILL_ENV, "").strip()
+    if not value:
+        return None
+    n = int(value)
+
+    def hook(global_epoch: int, batch: int) -> None:
+        if global_epoch == n + 1 and batch == 1:
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _explicit_overrides() -> List[str]:
+    """The overrides typed on this command line (Hydra), e.g. ``['resume=auto', 'seed=1']``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        try:
+            return [str(o) for o in HydraConfig.get().overrides.task]
+        except Exception:  # pragma: no cover - Hydra internals
+            return []
+    return []
+
+
+def _prepare_run(cfg: DictConfig, run_dir: Optional[os.PathLike]) -> Tuple[Path, DictConfig, Any, List[str]]:
+    """Decide the run folder (rank 0 decides; every rank uses it) and, with ``resume``, the
+    checkpoint the run continues from and the config it continues with."""
+    from .checkpoint import CheckpointError, ResumePoint, discard_if_empty, load_checkpoint, merged_config, \
+        resolve_resume
+
+    env = D.current()
+    own = resolve_run_dir(run_dir)
+    point = None
+    notes: List[str] = []
+    if cfg.resume:
+        msg, where = None, None
+        if env.is_main:
+            value = str(cfg.resume).strip()
+            if value.lower() != "auto":
+                value = resolve_path(value)
+            try:
+                point = resolve_resume(value, root=own.parent, exp_name=str(cfg.exp_name), exclude=[own],
+                                       notes=notes)
+                where = None if point is None else (str(point.run_dir), str(point.checkpoint))
+            except CheckpointError as err:
+                msg = str(err)
+        msg, where, notes = D.broadcast_object((msg, where, notes))
+        if msg:
+            raise CheckpointError(msg)
+        if where is not None and point is None:
+            point = ResumePoint(Path(where[0]), Path(where[1]), load_checkpoint(Path(where[1])))
+    if point is not None:
+        saved = point.state.get("config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{point.checkpoint} does not hold the run's config; it cannot be resumed")
+        cfg = merged_config(saved, cfg, _explicit_overrides())
+        validate(cfg)
+        rdir = point.run_dir
+    else:
+        rdir = Path(D.broadcast_object(str(own)))
+    if own != rdir and discard_if_empty(own):
+        notes.append(f"removed {own} (this command continues {rdir})")
+    return rdir, cfg, point, notes
+
+
+def _report_interrupt(rdir: Path) -> None:
+    lasts = sorted((rdir / "checkpoints").glob("stage*_last.pt"))
+    if lasts:
+        state = "the last completed epoch is saved in " + str(lasts[-1])
+        log.warning("interrupted; %s. Resume with: python main.py resume=%s", state, rdir)
+    else:
+        log.warning("interrupted before the first epoch completed; nothing to resume (%s)", rdir)
+
+
 def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
-    """Train and evaluate as ``cfg`` says; write the run folder; return the final val mAcc."""
+    """Train and evaluate as ``cfg`` says; write the run folder; return the final val mAcc.
+
+    ``cfg.resume`` (``auto``, a run folder or a checkpoint) continues an interrupted run in its own
+    folder. Under torchrun every rank calls this; rank 0 writes. Ctrl-C ends the run with exit
+    status 130 after saying how to resume it (the last completed epoch is already saved).
+    """
     t_start = time.perf_counter()
     cfg = with_schema(cfg)
     validate(cfg)
@@ -622,15 +847,45 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
         from .evaluate import run_eval
 
         return run_eval(cfg, resolve_run_dir(run_dir))
-    rdir = resolve_run_dir(run_dir)
+    D.init_distributed(str(cfg.device))
+    ok = False
+    try:
+        rdir, cfg, point, notes = _prepare_run(cfg, run_dir)
+        try:
+            value = _train(cfg, rdir, point, notes, t_start)
+        except KeyboardInterrupt:
+            _report_interrupt(rdir)
+            raise SystemExit(130) from None
+        ok = True
+        return value
+    finally:
+        D.cleanup(barrier=ok)
+
+
+def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: float) -> float:
+    env = D.current()
+    main = env.is_main
     rdir.mkdir(parents=True, exist_ok=True)
-    setup_logging(rdir)
-    update_latest_link(rdir, cfg.exp_name)
+    setup_logging(rdir, main_process=main)
+    if main:
+        update_latest_link(rdir, cfg.exp_name)
     timings: Dict[str, float] = {}
     log.info("run folder: %s", rdir)
+    for note in notes:
+        log.info("%s", note)
+    if point is not None:
+        from .checkpoint import remove_stale_temporaries
+
+        if main:
+            remove_stale_temporaries(rdir)
+        log.info("resuming from %s (stage %d, epoch %d)", point.checkpoint, point.stage, point.epoch)
+    if env.enabled:
+        log.info("distributed: %d processes (%s), global batch %d", env.world_size, env.backend,
+                 D.per_rank_batch(int(cfg.data.batch_size), env) * env.world_size)
     seed_everything(int(cfg.seed))
     device, gpu_ids = select_device(cfg.device, cfg.gpus)
-    threads = set_threads(int(cfg.num_threads), int(cfg.data.num_workers))
+    threads = set_threads(int(cfg.num_threads), int(cfg.data.num_workers),
+                          env.local_world_size if env.enabled else 1)
     precision = make_precision(device, bool(cfg.amp), cfg.amp_dtype)
     log.info("device: %s%s, %d CPU threads, precision %s", device,
              f" (DataParallel over GPUs {gpu_ids})" if len(gpu_ids) > 1 else "", threads, precision.name)
@@ -641,35 +896,52 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
     class_names = class_names_for(cfg, data.classes)
     timings["data"] = time.perf_counter() - t0
 
-    model = build_model(cfg, data, device, n_devices=max(1, len(gpu_ids)))
+    n_devices = env.world_size if env.enabled else max(1, len(gpu_ids))
+    model = build_model(cfg, data, device, n_devices=n_devices)
     from .models import model_complexity
 
     info = model_complexity(model, data.num_channels, data.length)
     model_info = {"name": cfg.model.name, **info}
     log.info("model: %s, %s parameters, %s FLOPs per sample", cfg.model.name, f"{info['params']:,}",
              f"{info['flops_per_sample']:,}")
-    if len(gpu_ids) > 1:
+    if env.enabled:
+        model = D.wrap_ddp(model, device)
+    elif len(gpu_ids) > 1:
         model = nn.DataParallel(model, device_ids=gpu_ids)
     if cfg.compile:
         model = torch.compile(model)
 
+    writer = MetricsWriter(rdir / "logs" / "metrics.csv") if main else None
+    if writer is not None and point is not None:
+        writer.drop_rows_after(point.stage, point.epoch)  # rows written after the checkpoint
     bs_eval = cfg_eval_batch(cfg)
     ctx = RunContext(cfg=cfg, run_dir=rdir, device=device, precision=precision, data=data, model=model,
-                     metrics=MetricsWriter(rdir / "logs" / "metrics.csv"), progress=progress_enabled(cfg.progress_bar),
+                     metrics=writer, progress=progress_enabled(cfg.progress_bar) and main,
                      val_loader=make_loader(data.val, bs_eval, device, cfg),
-                     test_loader=make_loader(data.test, bs_eval, device, cfg))
+                     test_loader=make_loader(data.test, bs_eval, device, cfg),
+                     resume=point, kill_hook=_test_kill_hook())
     metrics: Dict[str, Any] = {}
     stage_info: Dict[str, Any] = {}
 
     t0 = time.perf_counter()
-    r1 = run_stage1(ctx)
+    if point is not None and point.stage >= 2:
+        # stage 1 had finished: stage 2 starts from its best weights, as fit() left them
+        from .checkpoint import load_checkpoint
+
+        ctx.net.load_state_dict(load_checkpoint(ctx.ckpt_dir / "stage1_best.pt")["model"])
+        ctx.global_epoch = int(point.state["global_epoch"]) - int(point.state["epoch"])
+        stage_info["stage1"] = dict((point.state.get("previous_stages") or {}).get("stage1") or {})
+        log.info("stage 1: finished before the interruption (%d epochs); best weights restored", ctx.global_epoch)
+    else:
+        r1 = run_stage1(ctx)
+        stage_info["stage1"] = {"epochs_run": r1.epochs_run, "best_epoch": r1.best_epoch,
+                                "best_value": r1.best_value}
     timings["stage1"] = time.perf_counter() - t0
-    stage_info["stage1"] = {"epochs_run": r1.epochs_run, "best_epoch": r1.best_epoch, "best_value": r1.best_value}
     metrics["stage1"] = public(evaluate_test(ctx))
 
     if cfg.stage2.enabled:
         t0 = time.perf_counter()
-        r2 = run_stage2(ctx)
+        r2 = run_stage2(ctx, stage1=stage_info["stage1"])
         timings["stage2"] = time.perf_counter() - t0
         stage_info["stage2"] = {"epochs_run": r2.epochs_run, "best_epoch": r2.best_epoch, "best_value": r2.best_value}
         metrics["stage2"] = public(evaluate_test(ctx))
@@ -686,6 +958,8 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
     metrics["final"] = public(final)
     val_out = predict(ctx.model, ctx.val_loader, precision=precision)
     val_acc, val_macc = accuracy_and_macc(val_out["logits"].argmax(1), val_out["labels"], data.num_classes)
+    if not main:
+        return float(val_macc)
     atomic_save({"model": ctx.net.state_dict(), "calibration": {k: v for k, v in calib.items()
                                                                  if not isinstance(v, (list, dict))},
                  "classes": list(map(_plain, data.classes)), "class_counts": data.class_counts.tolist(),
@@ -710,6 +984,10 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None) -> float:
         "versions": versions(), "git_commit": git_commit(), "data_files": data_file_hashes(data.files.values()),
         "timings": timings,
     }
+    if point is not None:
+        results["resumed_from"] = {"checkpoint": str(point.checkpoint), "stage": point.stage, "epoch": point.epoch}
+    if env.enabled:
+        results["distributed"] = {"world_size": env.world_size, "backend": env.backend}
     _write_results(rdir, results, t_start)
 
     if cfg.visualization.enabled:
