@@ -215,21 +215,29 @@ class ClassAwareSampler(Sampler[int]):
         return g
 
     def global_indices(self) -> torch.Tensor:
-        """All ``total_size`` indices of this epoch (every rank draws the same ones)."""
+        """All ``total_size`` indices of this epoch (every rank draws the same ones).
+
+        The draw is the single-process draw of ``num_samples`` indices, padded by wrapping to a
+        multiple of ``num_replicas``, so that the ranks' shards together are exactly what one
+        process would train on."""
         g = self._generator()
         prob, alias = _alias_table(self.class_probabilities())
         k = self.num_classes
+        n_draw = self.num_samples
         # Walker's alias method: column j uniform, keep j with probability prob[j], else alias[j].
         # The integer and fractional parts of u*K are independent uniforms (float64).
-        u = torch.rand(self.total_size, generator=g, dtype=torch.float64).mul_(k)
+        u = torch.rand(n_draw, generator=g, dtype=torch.float64).mul_(k)
         col = u.long().clamp_(max=k - 1)
         frac = u.sub_(col)
         cls = torch.where(frac < torch.from_numpy(prob)[col], col, torch.from_numpy(alias)[col])
         # Uniform position inside the class, via the class's offset into the sorted indices.
         n = self._counts_t[cls]
-        v = torch.rand(self.total_size, generator=g, dtype=torch.float64)
+        v = torch.rand(n_draw, generator=g, dtype=torch.float64)
         pos = torch.minimum(v.mul_(n).long(), n - 1)
-        return self._sorted_idx[self._offsets_t[cls] + pos]
+        idx = self._sorted_idx[self._offsets_t[cls] + pos]
+        if self.total_size > n_draw:
+            idx = torch.cat([idx, idx[: self.total_size - n_draw]])
+        return idx
 
     def epoch_indices(self) -> torch.Tensor:
         """This epoch's indices for this rank (LongTensor of length ``len(self)``)."""

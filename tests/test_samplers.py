@@ -175,3 +175,18 @@ def test_alias_table_is_exact(seed):
     np.add.at(implied, alias, 1.0 - keep)
     np.testing.assert_allclose(implied / k, p, atol=1e-12)
     assert np.all(keep[p == 0] == 0) and np.all(p[alias[p == 0]] > 0)
+
+
+def test_ddp_shards_together_are_the_single_process_draw_when_n_is_not_divisible():
+    labels = np.repeat(np.arange(4), [50, 20, 7, 2])  # N = 79, not divisible by 2 or 3
+    for world in (2, 3):
+        single = make_sampler(labels, "progressive_power", total_epochs=4, seed=5)
+        single.set_epoch(2)
+        ref = single.epoch_indices()
+        shards = []
+        for r in range(world):
+            s = make_sampler(labels, "progressive_power", total_epochs=4, seed=5, num_replicas=world, rank=r)
+            s.set_epoch(2)
+            shards.append(s.epoch_indices())
+        merged = torch.stack([torch.cat([sh, sh.new_full((1,), -1)])[: len(shards[0])] for sh in shards], 1).flatten()
+        assert torch.equal(merged[: len(ref)], ref)
