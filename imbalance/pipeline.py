@@ -355,14 +355,37 @@ def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 
     return out
 
 
+def adapt_loss_to_head(name: str, mapped: Dict[str, Any], head: Optional[nn.Module]) -> Dict[str, Any]:
+    """LDAM on a cosine head (Cao et al. 2019: ``s * (cos - m_y)``): the head already multiplies
+    by s, so the loss uses scale 1 and margins ``s * m`` instead of scaling twice."""
+    from .heads import CosineMarginClassifier
+    from .losses import LOSSES
+
+    if LOSSES.canonical(name) != "LDAMLoss":
+        return mapped
+    if isinstance(head, CosineMarginClassifier):
+        s = float(head.scale)
+        out = dict(mapped)
+        out["max_margin"] = s * float(mapped.get("max_margin", 0.5))
+        out["scale"] = 1.0
+        log.info("LDAMLoss on the cosine head: loss = CE(%g * (cos - m_y)), margins up to %g", s,
+                 float(mapped.get("max_margin", 0.5)))
+        return out
+    log.info("LDAMLoss on a linear head scales raw logits by %s; Cao et al. use normalised features "
+             "(model.head=cosine_ldam)", mapped.get("scale", 30.0))
+    return mapped
+
+
 def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
-               explicit: Optional[Dict[str, Any]] = None) -> nn.Module:
+               explicit: Optional[Dict[str, Any]] = None, head: Optional[nn.Module] = None) -> nn.Module:
     """``create_loss`` with the mapped config keys the loss accepts, plus ``explicit`` extras
-    (``loss.params``), which must all be accepted."""
+    (``loss.params``), which must all be accepted. ``head``: the model's classifier, for losses
+    whose form depends on it (LDAM on a cosine head)."""
     from .losses import LOSSES, create_loss
 
     cls = LOSSES.get(name)
     accepted = set(inspect.signature(cls).parameters)
+    mapped = adapt_loss_to_head(name, mapped, head)
     kwargs = {k: v for k, v in mapped.items() if k in accepted}
     for k, v in (explicit or {}).items():
         if k not in accepted:
@@ -499,7 +522,7 @@ def run_stage1(ctx: RunContext) -> StageResult:
                             total_epochs=int(t.epochs), seed=int(cfg.seed), num_classes=data.num_classes)
     loss_fn = build_loss(cfg.loss.name, data.class_counts,
                          loss_kwargs(cfg.loss, label_smoothing=float(t.label_smoothing), total_epochs=int(t.epochs)),
-                         OmegaConf.to_container(cfg.loss.params, resolve=True))
+                         OmegaConf.to_container(cfg.loss.params, resolve=True), head=ctx.net.classifier)
     loss_fn = loss_fn.to(ctx.device)
     train_loader = make_loader(data.train, int(cfg.data.batch_size), ctx.device, cfg, train=True, sampler=sampler,
                                augment=build_augmentation(cfg), seed=int(cfg.seed))
@@ -540,12 +563,12 @@ def _schedule_state(sampler: Any, loss_fn: Any) -> Dict[str, Any]:
     return {"sampler_epoch": getattr(sampler, "epoch", None), "loss_epoch": getattr(loss_fn, "epoch", None)}
 
 
-def stage2_loss(cfg: DictConfig, class_counts: np.ndarray) -> nn.Module:
+def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Module] = None) -> nn.Module:
     s2 = cfg.stage2
     smoothing = s2.label_smoothing if s2.label_smoothing is not None else cfg.training.label_smoothing
     mapped = loss_kwargs(s2, fallback=cfg.loss, label_smoothing=float(smoothing), total_epochs=int(s2.epochs))
     explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if s2.loss == cfg.loss.name else {}
-    return build_loss(s2.loss, class_counts, mapped, explicit)
+    return build_loss(s2.loss, class_counts, mapped, explicit, head=head)
 
 
 @torch.no_grad()
@@ -575,7 +598,7 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
     plan = make_stage2_plan(s2.mode, ctx.model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
-    loss_fn = stage2_loss(cfg, data.class_counts).to(ctx.device)
+    loss_fn = stage2_loss(cfg, data.class_counts, head=ctx.net.classifier).to(ctx.device)
     epochs = int(s2.epochs)
     augment = build_augmentation(cfg)
     eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)

@@ -153,3 +153,22 @@ def test_seed_minimal_config_without_defaults_list_runs_with_schema_defaults(tmp
     cfg = with_schema(compose(["training.epochs=5"], config_dir=str(tmp_path)))
     assert cfg.training.epochs == 5 and cfg.data.batch_size == 256
     assert cfg.stage2.mode == "crt" and cfg.early_stopping.monitor == "val_macc"
+
+
+def test_ldam_on_the_cosine_head_scales_once():
+    """Cao et al.: CE(s * (cos - m_y)); the cosine head already multiplies by s."""
+    import torch.nn.functional as F
+
+    from imbalance.heads import CosineMarginClassifier
+    from imbalance.losses import ldam_margins
+    from imbalance.pipeline import build_loss
+
+    counts = [100, 30, 10, 3]
+    head = CosineMarginClassifier(in_features=8, num_classes=4, class_counts=counts, scale=16.0)
+    loss = build_loss("LDAMLoss", counts, {"max_margin": 0.5, "scale": 30.0}, head=head)
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 8), torch.randint(0, 4, (20,))
+    cos = F.normalize(x, dim=1) @ F.normalize(head.weight, dim=1).T
+    m = torch.as_tensor(ldam_margins(np.array(counts), 0.5), dtype=torch.float32)
+    expected = F.cross_entropy(16.0 * (cos - F.one_hot(y, 4) * m[y][:, None]), y)
+    torch.testing.assert_close(loss(head(x), y), expected, rtol=1e-5, atol=1e-5)
