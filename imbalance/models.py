@@ -126,7 +126,15 @@ class AdaptiveDownsample(nn.Module):
         for _ in range(self.times):
             if x.shape[-1] < 2 * self.min_length:
                 break
-            x = F.max_pool1d(x, 2) if self.mode == "max" else F.avg_pool1d(x, 2)
+            if self.mode != "max":
+                x = F.avg_pool1d(x, 2)
+            elif torch.is_grad_enabled() and x.requires_grad:
+                # Same values and gradients as max_pool1d(x, 2), but its backward is a cheap
+                # gather instead of oneDNN's slow pooling backward on the CPU (bench/bench_hotspots.py).
+                n = x.shape[-1] // 2
+                x = x[..., : 2 * n].unflatten(-1, (n, 2)).amax(-1)
+            else:
+                x = F.max_pool1d(x, 2)
         return x
 
     def extra_repr(self) -> str:

@@ -191,13 +191,33 @@ def select_device(name: str, gpus: str, dist_env: Optional[D.DistEnv] = None) ->
 
 
 def set_threads(num_threads: int, num_workers: int, processes_per_node: int = 1) -> int:
-    """Intra-op threads = cores (minus DataLoader workers, so nothing is oversubscribed), shared
-    by the processes of a node under torchrun."""
+    """Intra-op threads = cores, shared by the processes of a node under torchrun. Batches are
+    gathered in the main process (no DataLoader workers), so ``data.num_workers`` takes no core."""
+    if num_workers > 0:
+        log.info("data.num_workers=%d is not needed: batches are gathered by index in the main process",
+                 num_workers)
     if num_threads <= 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        num_threads = max(1, cores // max(1, int(processes_per_node)) - num_workers)
+        num_threads = max(1, cores // max(1, int(processes_per_node)))
     torch.set_num_threads(num_threads)
     return num_threads
+
+
+def tune_allocator() -> None:
+    """Keep big freed tensors in the heap instead of unmapping them (glibc): otherwise every
+    tensor over the mmap threshold is page-faulted in again each step, which on the CPU cost up
+    to a third of a step in system time (bench/bench_hotspots.py). The process keeps memory up
+    to its peak, as PyTorch's CUDA caching allocator does."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def update_latest_link(run_dir: Path, exp_name: str) -> None:
@@ -906,6 +926,7 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
         log.info("distributed: %d processes (%s), global batch %d", env.world_size, env.backend,
                  D.per_rank_batch(int(cfg.data.batch_size), env) * env.world_size)
     seed_everything(int(cfg.seed))
+    tune_allocator()
     device, gpu_ids = select_device(cfg.device, cfg.gpus)
     threads = set_threads(int(cfg.num_threads), int(cfg.data.num_workers),
                           env.local_world_size if env.enabled else 1)
