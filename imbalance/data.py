@@ -268,7 +268,9 @@ class _FileContents:
 
 
 def _pick_key(keys: Sequence[str], wanted: Optional[str], defaults: Sequence[str], what: str,
-              where: str, exists: Callable[[str], bool]) -> str:
+              where: str, exists: Callable[[str], bool], required: bool = True) -> Optional[str]:
+    """``wanted`` (an error if absent), else the first of ``defaults`` present (exact, then
+    case-insensitive), else an error naming the keys found (or None when not ``required``)."""
     if wanted is not None:
         if exists(wanted):
             return wanted
@@ -280,10 +282,15 @@ def _pick_key(keys: Sequence[str], wanted: Optional[str], defaults: Sequence[str
     for k in defaults:
         if k.lower() in lower:
             return lower[k.lower()]
+    if not required:
+        return None
     raise DataError(f"{where}: no {what} key among {', '.join(defaults)}; keys found: {_fmt_list(keys)}")
 
 
-def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bool) -> _FileContents:
+def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bool,
+          labels_required: bool = True) -> _FileContents:
+    """Open a signal file. With ``labels_required=False`` (prediction on unlabelled signals) a
+    file without a label key, or a .npy holding one plain array, is accepted: ``labels`` is None."""
     where = path
     if not os.path.exists(path):
         raise DataError(f"data file not found: {path}")
@@ -295,6 +302,16 @@ def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bo
     fc = _FileContents()
     import h5py
 
+    def pick(exists: Callable[[str], bool]) -> None:
+        fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, exists)
+        lk = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, exists, required=labels_required)
+        if labels_required and lk == fc.data_key:
+            raise DataError(f"{where}: the label key '{lk}' is also the data key; name the labels with data.label_key")
+        fc.label_key = "" if lk is None or lk == fc.data_key else lk
+
+    def in_keys(k: str) -> bool:
+        return k in fc.keys
+
     if ext in (".mat", ".h5", ".hdf5") and h5py.is_hdf5(path):
         fc.kind, fc.lazy_ok = "hdf5", True
         try:
@@ -303,16 +320,12 @@ def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bo
             raise DataError(f"{where}: cannot open HDF5 file ({e})") from None
         fc.h5file = f
         fc.keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-
-        def exists(k: str) -> bool:
-            return k in f and isinstance(f[k], h5py.Dataset)
-
-        fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, exists)
-        fc.label_key = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, exists)
+        pick(lambda k: k in f and isinstance(f[k], h5py.Dataset))
         fc.data = f[fc.data_key]
         fc.reversed = ext == ".mat" or "MATLAB_class" in fc.data.attrs
-        lab = f[fc.label_key][()]
-        fc.labels = lab.T if (ext == ".mat" or "MATLAB_class" in f[fc.label_key].attrs) else lab
+        if fc.label_key:
+            lab = f[fc.label_key][()]
+            fc.labels = lab.T if (ext == ".mat" or "MATLAB_class" in f[fc.label_key].attrs) else lab
         return fc
     if ext in (".h5", ".hdf5"):
         raise DataError(f"{where}: not a readable HDF5 file")
@@ -324,44 +337,42 @@ def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bo
             raise DataError(f"{where}: cannot read MATLAB file ({type(e).__name__}: {e})") from None
         fc.kind = "mat5"
         fc.keys = [k for k in d if not k.startswith("__")]
-        fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, lambda k: k in fc.keys)
-        fc.label_key = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, lambda k: k in fc.keys)
-        fc.data, fc.labels = d[fc.data_key], d[fc.label_key]
-        return fc
-    if ext == ".npz":
+        get: Callable[[str], Any] = d.__getitem__
+    elif ext == ".npz":
         try:
             z = np.load(path, allow_pickle=False)
         except Exception as e:
             raise DataError(f"{where}: cannot read .npz file ({type(e).__name__}: {e})") from None
         fc.kind = "npz"
         fc.keys = list(z.files)
-        fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, lambda k: k in fc.keys)
-        fc.label_key = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, lambda k: k in fc.keys)
-        fc.data, fc.labels = z[fc.data_key], z[fc.label_key]
-        return fc
-    # .npy: a structured array (fields = keys) or a pickled dict
-    try:
-        arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
-    except ValueError:  # object array: a dict saved with np.save (the user's own file)
-        arr = np.load(path, allow_pickle=True)
-    except Exception as e:
-        raise DataError(f"{where}: cannot read .npy file ({type(e).__name__}: {e})") from None
-    fc.kind = "npy"
-    if arr.dtype.names:
-        fc.keys = list(arr.dtype.names)
-        get = lambda k: arr[k]  # noqa: E731
-        fc.lazy_ok = isinstance(arr, np.memmap)
-    elif arr.dtype == object and arr.shape == () and isinstance(arr.item(), dict):
-        dd = arr.item()
-        fc.keys = [str(k) for k in dd]
-        get = lambda k: np.asarray(dd[k])  # noqa: E731
+        get = z.__getitem__
     else:
-        raise DataError(
-            f"{where}: a .npy file holding one plain array {arr.shape} has no labels; save a dict "
-            f"{{'X': ..., 'Y': ...}} with np.save, or use .npz")
-    fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, lambda k: k in fc.keys)
-    fc.label_key = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, lambda k: k in fc.keys)
-    fc.data, fc.labels = get(fc.data_key), np.asarray(get(fc.label_key))
+        # .npy: a structured array (fields = keys), a pickled dict, or (unlabelled) one array
+        try:
+            arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+        except ValueError:  # object array: a dict saved with np.save (the user's own file)
+            arr = np.load(path, allow_pickle=True)
+        except Exception as e:
+            raise DataError(f"{where}: cannot read .npy file ({type(e).__name__}: {e})") from None
+        fc.kind = "npy"
+        if arr.dtype.names and _is_complex_compound(arr.dtype) is None:
+            fc.keys = list(arr.dtype.names)
+            get = lambda k: arr[k]  # noqa: E731
+            fc.lazy_ok = isinstance(arr, np.memmap)
+        elif arr.dtype == object and arr.shape == () and isinstance(arr.item(), dict):
+            dd = arr.item()
+            fc.keys = [str(k) for k in dd]
+            get = lambda k: np.asarray(dd[k])  # noqa: E731
+        elif not labels_required:
+            fc.data_key, fc.data = "(array)", arr
+            return fc
+        else:
+            raise DataError(
+                f"{where}: a .npy file holding one plain array {arr.shape} has no labels; save a dict "
+                f"{{'X': ..., 'Y': ...}} with np.save, or use .npz")
+    pick(in_keys)
+    fc.data = get(fc.data_key)
+    fc.labels = np.asarray(get(fc.label_key)) if fc.label_key else None
     return fc
 
 

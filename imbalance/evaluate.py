@@ -391,7 +391,8 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     from .loader import BatchLoader
     from .models import model_complexity
     from .pipeline import (_write_results, class_names_for, evaluate_test, public, resolve_path, save_predictions,
-                           seed_everything, select_device, set_threads, setup_logging, update_latest_link)
+                           seed_everything, select_device, set_threads, setup_logging, update_latest_link,
+                           write_figures)
     from .precision import make_precision
     from .results import data_file_hashes, git_commit, versions
 
@@ -464,17 +465,7 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     _write_results(rdir, results, t_start)
 
     if res_cfg.visualization.enabled:
-        t0 = time.perf_counter()
-        try:
-            from .visualization import visualize_all_results
-
-            written = visualize_all_results(rdir, OmegaConf.to_container(res_cfg.visualization, resolve=True),
-                                            class_names=class_names)
-            log.info("figures: %d files in %s", len(written), rdir / "results")
-        except Exception as err:  # figures must never lose the results already written
-            log.exception("figures failed: %s", err)
-        timings["figures"] = time.perf_counter() - t0
-        _write_results(rdir, results, t_start)
+        write_figures(rdir, res_cfg.visualization, class_names, results, t_start)
 
     f = results["metrics"]["final"]["overall"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731

@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch

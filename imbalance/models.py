@@ -42,7 +42,7 @@ import inspect
 import logging
 import math
 import numbers
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

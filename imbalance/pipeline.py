@@ -31,7 +31,7 @@ from torch import nn
 
 from . import calibration as cal
 from . import distributed as D
-from .config import PROJECT_ROOT, parse_tau, validate, with_schema
+from .config import parse_tau, validate, with_schema
 from .engine import (EarlyStopping, MetricsWriter, StageResult, atomic_save, fit, predict, unwrap,
                      accuracy_and_macc, set_rng_state)
 from .errors import ConfigError, DataError, UserError
@@ -1035,17 +1035,7 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
     _write_results(rdir, results, t_start)
 
     if cfg.visualization.enabled:
-        t0 = time.perf_counter()
-        try:
-            from .visualization import visualize_all_results
-
-            written = visualize_all_results(rdir, OmegaConf.to_container(cfg.visualization, resolve=True),
-                                            class_names=class_names)
-            log.info("figures: %d files in %s", len(written), rdir / "results")
-        except Exception as err:  # figures must never lose the results already written
-            log.exception("figures failed: %s", err)
-        timings["figures"] = time.perf_counter() - t0
-        _write_results(rdir, results, t_start)
+        write_figures(rdir, cfg.visualization, class_names, results, t_start)
 
     f = metrics["final"]["overall"]
     log.info("final test: OA %.2f%%  mAcc %.2f%%  many %s  medium %s  few %s  HM %s  (%.0fs)", 100 * f["oa"],
@@ -1053,6 +1043,22 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
              _pct(f.get("hm")), timings["total"])
     log.info("results: %s", rdir / "results" / "results.json")
     return float(val_macc)
+
+
+def write_figures(rdir: Path, viz: Any, class_names: Optional[List[str]], results: Dict[str, Any],
+                  t_start: float) -> None:
+    """Every enabled figure from the run folder's artifacts; its time goes into results.json.
+    A failing figure is logged and never loses the results already written."""
+    t0 = time.perf_counter()
+    try:
+        from .visualization import visualize_all_results
+
+        written = visualize_all_results(rdir, OmegaConf.to_container(viz, resolve=True), class_names=class_names)
+        log.info("figures: %d files in %s", len(written), rdir / "results")
+    except Exception as err:
+        log.exception("figures failed: %s", err)
+    results["timings"]["figures"] = time.perf_counter() - t0
+    _write_results(rdir, results, t_start)
 
 
 def _write_results(rdir: Path, results: Dict[str, Any], t_start: float) -> None:

@@ -42,22 +42,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # =============================================================================================
 # Reading signals (labels optional)
 # =============================================================================================
-def _optional_key(keys: Sequence[str], wanted: Optional[str], defaults: Sequence[str], where: str) -> Optional[str]:
-    """The label key: ``wanted`` (an error if absent), else the first default present, else None."""
-    if wanted is not None:
-        if wanted not in keys:
-            raise DataError(f"{where}: label key '{wanted}' not found; keys found: {', '.join(keys)}")
-        return wanted
-    for k in defaults:
-        if k in keys:
-            return k
-    lower = {k.lower(): k for k in keys}
-    for k in defaults:
-        if k.lower() in lower:
-            return lower[k.lower()]
-    return None
-
-
 def read_signals(path: str, *, data_key: Optional[str] = None,
                  label_key: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """``(x, labels)`` of a signal file: x float32 (N, C, L) before length/normalisation
@@ -70,71 +54,12 @@ def read_signals(path: str, *, data_key: Optional[str] = None,
     where = path
     if not os.path.exists(path):
         raise DataError(f"input file not found: {path}")
-    if os.path.isdir(path):
-        raise DataError(f"input path is a folder, not a file: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in D.SUPPORTED_EXTENSIONS:
-        raise DataError(f"{where}: unsupported file type '{ext}'; supported: {', '.join(D.SUPPORTED_EXTENSIONS)}")
-    import h5py
-
-    reversed_axes = False
-    labels: Any = None
-    if ext in (".mat", ".h5", ".hdf5") and h5py.is_hdf5(path):
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise DataError(f"{where}: cannot open HDF5 file ({e})") from None
-        with f:
-            keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-            dk = D._pick_key(keys, data_key, D.DATA_KEYS, "data", where, lambda k: k in keys)
-            lk = _optional_key(keys, label_key, D.LABEL_KEYS, where)
-            dset = f[dk]
-            reversed_axes = ext == ".mat" or "MATLAB_class" in dset.attrs
-            arr = dset[()]
-            if lk is not None and lk != dk:
-                lab = f[lk][()]
-                labels = lab.T if (ext == ".mat" or "MATLAB_class" in f[lk].attrs) else lab
-    elif ext in (".h5", ".hdf5"):
-        raise DataError(f"{where}: not a readable HDF5 file")
-    elif ext == ".mat":
-        import scipy.io
-        try:
-            d = scipy.io.loadmat(path)
-        except Exception as e:  # scipy raises many types for corrupt files
-            raise DataError(f"{where}: cannot read MATLAB file ({type(e).__name__}: {e})") from None
-        keys = [k for k in d if not k.startswith("__")]
-        dk = D._pick_key(keys, data_key, D.DATA_KEYS, "data", where, lambda k: k in keys)
-        lk = _optional_key(keys, label_key, D.LABEL_KEYS, where)
-        arr, labels = d[dk], (d[lk] if lk is not None and lk != dk else None)
-    elif ext == ".npz":
-        try:
-            z = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise DataError(f"{where}: cannot read .npz file ({type(e).__name__}: {e})") from None
-        keys = list(z.files)
-        dk = D._pick_key(keys, data_key, D.DATA_KEYS, "data", where, lambda k: k in keys)
-        lk = _optional_key(keys, label_key, D.LABEL_KEYS, where)
-        arr, labels = z[dk], (z[lk] if lk is not None and lk != dk else None)
-    else:  # .npy: a plain array, a structured array, or a dict saved with np.save
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except ValueError:
-            raw = np.load(path, allow_pickle=True)
-        except Exception as e:
-            raise DataError(f"{where}: cannot read .npy file ({type(e).__name__}: {e})") from None
-        if raw.dtype.names and D._is_complex_compound(raw.dtype) is None:
-            keys = list(raw.dtype.names)
-            dk = D._pick_key(keys, data_key, D.DATA_KEYS, "data", where, lambda k: k in keys)
-            lk = _optional_key(keys, label_key, D.LABEL_KEYS, where)
-            arr, labels = raw[dk], (raw[lk] if lk is not None and lk != dk else None)
-        elif raw.dtype == object and raw.shape == () and isinstance(raw.item(), dict):
-            dd = raw.item()
-            keys = [str(k) for k in dd]
-            dk = D._pick_key(keys, data_key, D.DATA_KEYS, "data", where, lambda k: k in keys)
-            lk = _optional_key(keys, label_key, D.LABEL_KEYS, where)
-            arr, labels = np.asarray(dd[dk]), (np.asarray(dd[lk]) if lk is not None and lk != dk else None)
-        else:
-            dk, arr = "(array)", raw
+    fc = D._open(path, data_key, label_key, lazy=False, labels_required=False)
+    try:
+        dk, arr, labels, reversed_axes = fc.data_key, fc.data[()], fc.labels, fc.reversed
+    finally:
+        if fc.h5file is not None:
+            fc.h5file.close()
     arr = np.asarray(arr)
     if labels is not None:
         labels = D._clean_labels(labels, where)

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny configs that train in seconds on a CPU."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
