@@ -195,10 +195,10 @@ class ClassificationAnalyzer:
     def __init__(
         self,
         class_counts: Sequence[int] | np.ndarray,
-        *,
         grouping: str = "auto",
         many_thresh: float = 100,
         few_thresh: float = 20,
+        *,
         n_bins: int = 15,
     ) -> None:
         counts = np.asarray(class_counts)

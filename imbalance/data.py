@@ -511,9 +511,9 @@ class ADSBSignalDataset(SignalDataset):
     ``classes``: map labels with this class list (e.g. the training file's ``classes``)
     instead of the file's own label values; a label not in it raises DataError."""
 
-    def __init__(self, path: str, *, target_length: Optional[int] = None, normalize: bool = True,
+    def __init__(self, path: str, target_length: Optional[int] = None, normalize: bool = True,
                  in_memory: bool = True, data_key: Optional[str] = None, label_key: Optional[str] = None,
-                 transform: Optional[Callable] = None, classes: Optional[Sequence[Any]] = None) -> None:
+                 transform: Optional[Callable] = None, *, classes: Optional[Sequence[Any]] = None) -> None:
         path = os.fspath(path)
         if target_length is not None and int(target_length) < 1:
             raise ConfigError(f"data.target_length must be a positive integer or null, got {target_length!r}")

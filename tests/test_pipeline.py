@@ -172,3 +172,17 @@ def test_ldam_on_the_cosine_head_scales_once():
     m = torch.as_tensor(ldam_margins(np.array(counts), 0.5), dtype=torch.float32)
     expected = F.cross_entropy(16.0 * (cos - F.one_hot(y, 4) * m[y][:, None]), y)
     torch.testing.assert_close(loss(head(x), y), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_public_api_accepts_designs_positional_order(tmp_path):
+    """DESIGN.md's signatures, called positionally as users and tests do."""
+    from imbalance.analysis import ClassificationAnalyzer
+    from imbalance.data import ADSBSignalDataset
+    from imbalance.synthetic import builtin_dataset, write_dataset
+
+    sets = builtin_dataset(num_classes=3, train_per_class=4, test_per_class=1, length=64)
+    write_dataset(str(tmp_path / "t.npz"), *sets["train"], fmt="npz")
+    ds = ADSBSignalDataset(str(tmp_path / "t.npz"), 32, True, True, None, None, None)
+    assert ds[0][0].shape == (2, 32) and ds.num_classes == 3
+    res = ClassificationAnalyzer([50, 10, 2], "absolute", 40, 5).analyze_predictions([0, 1, 2], [0, 1, 1])
+    assert res["group_wise"]["few"]["acc"] == 0.0 and res["overall"]["many_acc"] == 1.0
