@@ -121,7 +121,12 @@ def summary_text(results: Dict[str, Any]) -> str:
         vals = [results["metrics"][s]["overall"].get(key) for s in stages]
         if all(v is None for v in vals):
             continue
-        lines.append(label.ljust(18) + "".join(_pct(v).rjust(9) for v in vals))
+        if key == "nll":  # not a fraction: nats per sample
+            cells = ["   n/a" if v is None else f"{v:6.3f}" for v in vals]
+            label = "NLL (nats)"
+        else:
+            cells = [_pct(v) for v in vals]
+        lines.append(label.ljust(18) + "".join(c.rjust(9) for c in cells))
     cal = results.get("calibration", {})
     if cal:
         lines.append("")

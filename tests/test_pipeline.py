@@ -186,3 +186,13 @@ def test_public_api_accepts_designs_positional_order(tmp_path):
     assert ds[0][0].shape == (2, 32) and ds.num_classes == 3
     res = ClassificationAnalyzer([50, 10, 2], "absolute", 40, 5).analyze_predictions([0, 1, 2], [0, 1, 1])
     assert res["group_wise"]["few"]["acc"] == 0.0 and res["overall"]["many_acc"] == 1.0
+
+
+def test_summary_shows_fractions_as_percent_and_nll_in_nats():
+    from imbalance.results import summary_text
+
+    overall = {"oa": 0.5, "macc": 0.25, "nll": 1.5, "ece": 0.125}
+    text = summary_text({"metrics": {"final": {"overall": overall, "group_wise": {}}}, "config": {}})
+    lines = {ln.split("  ")[0]: ln for ln in text.splitlines()}
+    assert lines["mAcc"].split()[-1] == "25.00" and lines["ECE"].split()[-1] == "12.50"
+    assert lines["NLL (nats)"].split()[-1] == "1.500"
