@@ -129,10 +129,11 @@ class AdaptiveDownsample(nn.Module):
             if self.mode != "max":
                 x = F.avg_pool1d(x, 2)
             elif torch.is_grad_enabled() and x.requires_grad:
-                # Same values and gradients as max_pool1d(x, 2), but its backward is a cheap
-                # gather instead of oneDNN's slow pooling backward on the CPU (bench/bench_hotspots.py).
+                # Same values and gradients as max_pool1d(x, 2) (the gradient goes to the arg-max),
+                # but its backward is one scatter instead of oneDNN's slow pooling backward on the
+                # CPU; amax would be slower (its backward builds an equality mask).
                 n = x.shape[-1] // 2
-                x = x[..., : 2 * n].unflatten(-1, (n, 2)).amax(-1)
+                x = x[..., : 2 * n].unflatten(-1, (n, 2)).max(-1).values
             else:
                 x = F.max_pool1d(x, 2)
         return x

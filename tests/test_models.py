@@ -449,3 +449,18 @@ def test_init_errors():
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         init_model_for_imbalanced(model, COUNTS, temperature=0)
     init_model_for_imbalanced(model, None, use_log_prior_bias=False)
+
+
+@pytest.mark.parametrize("length", [36, 37])
+def test_training_pool_matches_max_pool1d_values_and_gradients(length):
+    """The pairs-max used under autograd is max_pool1d(x, 2) exactly, ties after ReLU included."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(4, 3, length)).requires_grad_(True)
+    g = torch.randn(4, 3, length // 2)
+    y = AdaptiveDownsample(times=1)(x)
+    (y * g).sum().backward()
+    ours = x.grad.clone()
+    x.grad = None
+    ref = F.max_pool1d(x, 2)
+    (ref * g).sum().backward()
+    assert torch.equal(y, ref) and torch.equal(ours, x.grad)
