@@ -35,6 +35,22 @@ class SyntheticConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-batch augmentation (imbalance.augment.build_augmentation); applied in the order
+    crop, time shift, amplitude, noise, each with probability ``p`` per sample."""
+
+    enabled: bool = False
+    p: float = 0.5
+    time_shift: int = 0  # max shift in samples (0: off)
+    time_shift_mode: str = "roll"  # roll / zero
+    amplitude: Optional[List[float]] = None  # [lo, hi] scale range
+    amplitude_bias: float = 0.0
+    noise_std: Optional[float] = None  # additive Gaussian noise std (or noise_snr_db)
+    noise_snr_db: Optional[Any] = None  # a number or [lo, hi]
+    crop_length: Optional[int] = None  # random crop / pad to this length
+
+
+@dataclass
 class DataConfig:
     path_train: Optional[str] = None  # null: the built-in synthetic ADS-B data
     path_val: Optional[str] = None  # null: a stratified split of the training file
@@ -50,7 +66,7 @@ class DataConfig:
     imbalance_ratio: float = 100.0
     data_key: Optional[str] = None
     label_key: Optional[str] = None
-    augment: Dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

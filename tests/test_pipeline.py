@@ -196,3 +196,23 @@ def test_summary_shows_fractions_as_percent_and_nll_in_nats():
     lines = {ln.split("  ")[0]: ln for ln in text.splitlines()}
     assert lines["mAcc"].split()[-1] == "25.00" and lines["ECE"].split()[-1] == "12.50"
     assert lines["NLL (nats)"].split()[-1] == "1.500"
+
+
+def test_augmentation_keys_are_typed_config_and_reach_the_training_loader(tiny, tmp_path, monkeypatch):
+    import imbalance.engine as engine
+    from imbalance.pipeline import run
+
+    seen = []
+    orig = engine.train_one_epoch
+
+    def spy(model, loader, *a, **k):
+        seen.append(type(loader.augment).__name__ if loader.augment is not None else None)
+        return orig(model, loader, *a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    cfg = tiny("data.augment.enabled=true", "data.augment.time_shift=8", "data.augment.noise_std=0.05",
+               "training.epochs=1", "stage2.epochs=1")
+    run(cfg, run_dir=tmp_path / "r")
+    assert seen == ["Compose", "Compose"]  # stage 1 and stage 2 (no feature cache with augmentation)
+    with pytest.raises(Exception, match="time_shif"):
+        tiny("data.augment.time_shif=8")
