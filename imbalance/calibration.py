@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import heads
 from .engine import accuracy_and_macc
 from .errors import ConfigError
 
@@ -27,11 +28,9 @@ LOGIT_TAU_GRID = [round(0.1 * i, 2) for i in range(31)]  # [0, 3]
 
 
 def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
-    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
-    if (counts <= 0).any():
-        empty = [int(i) for i in torch.nonzero(counts <= 0).flatten()]
-        raise ConfigError(f"logit adjustment needs a training sample of every class; classes {empty} have none")
-    return torch.log(counts / counts.sum()).float()
+    """``log pi_c`` of the training counts (float32); every class needs a sample."""
+    counts = np.asarray(class_counts)
+    return heads.log_prior(counts, len(counts), "logit adjustment")
 
 
 def logit_adjust(logits: torch.Tensor, class_counts: Sequence[int], tau: float) -> torch.Tensor:

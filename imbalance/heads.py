@@ -55,12 +55,12 @@ def log_prior(class_counts: Sequence[float], num_classes: int, who: str = "log p
 
 
 def ldam_margins(class_counts: Sequence[float], num_classes: int, *, power: float = 0.25,
-                 max_margin: float = 0.5) -> torch.Tensor:
+                 max_margin: float = 0.5, who: str = "cosine_ldam") -> torch.Tensor:
     """LDAM margins (Cao et al., NeurIPS 2019, eq. 13): ``m_c = C / n_c ** power``, with ``C``
-    chosen so that the largest margin (the rarest class) equals ``max_margin``."""
-    counts = _as_counts(class_counts, num_classes, "cosine_ldam")
+    chosen so that the largest margin (the rarest class) equals ``max_margin`` (float64)."""
+    counts = _as_counts(class_counts, num_classes, who)
     m = counts.pow(-power)
-    return (m * (max_margin / m.max())).float()
+    return m * (max_margin / m.max())
 
 
 class CosineMarginClassifier(nn.Module):
@@ -93,7 +93,7 @@ class CosineMarginClassifier(nn.Module):
         self.ldam_max_m = float(ldam_max_m)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         if class_counts is not None:
-            margins = ldam_margins(class_counts, num_classes, power=ldam_power, max_margin=ldam_max_m)
+            margins = ldam_margins(class_counts, num_classes, power=ldam_power, max_margin=ldam_max_m).float()
         else:
             margins = torch.zeros(num_classes)
         self.register_buffer("margins", margins)

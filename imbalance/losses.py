@@ -140,9 +140,10 @@ def effective_number_weights(class_counts: CountsLike, beta: float) -> np.ndarra
 
 def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5) -> np.ndarray:
     """Cao et al. 2019: ``m_c ∝ n_c ** (-1/4)``, scaled so that the largest margin is ``max_margin``."""
+    from .heads import ldam_margins as margins
+
     n = _counts(class_counts, "LDAMLoss")
-    m = 1.0 / np.sqrt(np.sqrt(n))
-    return m * (float(max_margin) / m.max())
+    return margins(n, len(n), max_margin=float(max_margin), who="LDAMLoss").numpy()
 
 
 def _manual_matrix(cost_matrix: Any, k: Optional[int], what: str) -> np.ndarray:
