@@ -390,7 +390,7 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     from .analysis import write_confusion_matrix_csv, write_per_class_csv
     from .loader import BatchLoader
     from .models import model_complexity
-    from .pipeline import (_write_results, class_names_for, evaluate_test, public, resolve_path, save_predictions,
+    from .pipeline import (_pct as pct, _write_results, class_names_for, evaluate_test, public, resolve_path, save_predictions,
                            seed_everything, select_device, set_threads, setup_logging, update_latest_link,
                            write_figures)
     from .precision import make_precision
@@ -468,7 +468,6 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
         write_figures(rdir, res_cfg.visualization, class_names, results, t_start)
 
     f = results["metrics"]["final"]["overall"]
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     log.info("eval test (%d samples): OA %s  mAcc %s  many %s  medium %s  few %s  HM %s", len(test), pct(f["oa"]),
              pct(f["macc"]), pct(f.get("many_acc")), pct(f.get("medium_acc")), pct(f.get("few_acc")),
              pct(f.get("hm")))
