@@ -1,30 +1,43 @@
 """Stage 3 and post-hoc calibration of the classifier.
 
-- tau-normalisation (Kang et al. 2020, "Decoupling"): each class weight vector becomes
-  ``w_c / ||w_c||^tau``; tau = 0 is the identity, tau = 1 makes every class vector unit length.
-  The bias, if any, is kept as it is (so that tau = 0 is exactly the identity).
+- tau-normalisation (Kang et al. 2020, "Decoupling"; official code facebookresearch/
+  classifier-balancing, ``tau_norm`` notebook): the logits become ``f @ (W / ||W_c||^tau)^T``
+  with the bias DROPPED, as the official code computes them. tau = 0 is then the bias-free
+  classifier (not the untouched one, which stage 3 reports as its baseline); tau = 1 makes every
+  class vector unit length. :func:`tau_normalize` returns a new module and leaves the head as it
+  is. A cosine head is already normalised (tau-norm would be a no-op) and is refused; after LWS,
+  the wrapped linear weights are normalised and the learned scales kept.
 - logit adjustment (Menon et al. 2021): ``z_c - tau * log(pi_c)`` with ``pi`` the training class
   prior; ``argmax`` of it is the post-hoc Bayes-optimal rule for the balanced error at tau = 1.
+- temperature scaling (Guo et al. 2017; official code gpleiss/temperature_scaling): the logits
+  are divided by one scalar ``T`` fitted on the VALIDATION split's negative log-likelihood; the
+  argmax does not change. The official code runs 50 LBFGS steps (lr 0.01) from T = 1.5; here the
+  one-dimensional NLL (convex in 1/T) is minimised to convergence, which is the same optimum
+  without the early stop.
 - ``search_tau``: pick tau on the VALIDATION split (best mAcc; ties go to the value closest to 1
   so that a flat curve keeps the paper's default).
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import heads
 from .engine import accuracy_and_macc
 from .errors import ConfigError
+from .stage2 import LWSClassifier
 
 log = logging.getLogger(__name__)
 
 TAU_NORM_GRID = [round(0.1 * i, 2) for i in range(21)]  # [0, 2]
 LOGIT_TAU_GRID = [round(0.1 * i, 2) for i in range(31)]  # [0, 3]
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
@@ -44,7 +57,7 @@ def tau_normalized_weight(weight: torch.Tensor, tau: float) -> torch.Tensor:
     return weight / norms.pow(tau)
 
 
-def classifier_weight(classifier: nn.Module) -> nn.Parameter:
+def classifier_weight(classifier: nn.Module) -> torch.Tensor:
     """The (K, D) weight matrix of a classifier head (nn.Linear or a head with ``weight`` /
     ``linear.weight`` / ``fc.weight``)."""
     for path in ("weight", "linear.weight", "fc.weight", "base.weight"):
@@ -61,11 +74,49 @@ def classifier_weight(classifier: nn.Module) -> nn.Parameter:
     )
 
 
-@torch.no_grad()
-def apply_tau_norm(classifier: nn.Module, tau: float) -> None:
-    """Replace the classifier's weights by their tau-normalised version, in place."""
-    w = classifier_weight(classifier)
-    w.copy_(tau_normalized_weight(w, tau))
+class TauNormalizedLinear(nn.Module):
+    """``f @ W_tau^T`` with ``W_tau = W / ||W_c||^tau`` precomputed and no bias (Kang et al.'s
+    tau_norm). ``weight`` is a buffer: stage 3 trains nothing."""
+
+    def __init__(self, weight: torch.Tensor, tau: float) -> None:
+        super().__init__()
+        self.tau = float(tau)
+        self.register_buffer("weight", tau_normalized_weight(weight.detach().float(), self.tau))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.weight.to(features.dtype))
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, classes={self.weight.shape[0]}, features={self.weight.shape[1]}"
+
+
+def tau_normalize(head: nn.Module, tau: float) -> nn.Module:
+    """A new module computing ``f @ (W / ||W_c||^tau)^T`` (no bias) from ``head``'s weight ``W``;
+    ``head`` is not modified.
+
+    - ``nn.Linear`` and the ``logit_adjust`` head (its eval-mode logits are ``W f + b``): ``W``.
+    - the ``temperature`` head ``(W f + b) / T``: ``W / T`` (the same relative norms; T kept).
+    - an LWS wrapper (``s_c * head(f)``): the wrapped head is normalised, the scales are kept.
+    - a cosine head: refused (its class vectors are already unit length).
+    """
+    return _tau_normalize(head, float(tau)).train(head.training)
+
+
+def _tau_normalize(head: nn.Module, tau: float) -> nn.Module:
+    if isinstance(head, heads.CosineMarginClassifier):
+        raise ConfigError("tau-norm on a cosine head (model.head=cosine_ldam) is a no-op: its class weights are "
+                          "already unit length; use stage3.mode=logit_adjust or a linear head")
+    if isinstance(head, LWSClassifier):
+        out = LWSClassifier(_tau_normalize(head.head, tau), head.scales.numel())
+        with torch.no_grad():
+            out.scales.copy_(head.scales)
+        out.scales.requires_grad_(False)
+        return out.to(head.scales.device)
+    if isinstance(head, heads.TemperatureScaledClassifier):
+        w = head.linear.weight.detach() / head.temperature.detach()
+    else:
+        w = classifier_weight(head).detach()
+    return TauNormalizedLinear(w, tau).to(w.device)
 
 
 class LogitAdjustedOutput(nn.Module):
@@ -80,6 +131,48 @@ class LogitAdjustedOutput(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features) + self.offset.to(features.dtype)
+
+
+class TemperatureScaledOutput(nn.Module):
+    """Wraps a head and divides its logits by a fitted scalar ``T`` (Guo et al. 2017's post-hoc
+    temperature scaling; the argmax is unchanged)."""
+
+    def __init__(self, head: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+        self.head = head
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = self.head(features)
+        return z / self.temperature.to(z.dtype)
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / T)`` in float64."""
+    z = logits.double() / float(temperature)
+    return float(F.cross_entropy(z, labels.long()))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor,
+                    bounds: Tuple[float, float] = TEMPERATURE_RANGE) -> float:
+    """The ``T`` in ``bounds`` that minimises the NLL of ``softmax(logits / T)`` (float64).
+
+    The NLL is convex in ``beta = 1/T`` (a log-sum-exp of linear functions of beta minus a linear
+    one), so a bounded scalar minimisation finds the global optimum in the range."""
+    from scipy.optimize import minimize_scalar
+
+    z = logits.detach().double().cpu()
+    y = labels.long().cpu()
+    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+
+    def f(beta: float) -> float:
+        return float(F.cross_entropy(z * beta, y))
+
+    res = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7})
+    beta = float(res.x)
+    return 1.0 / beta
 
 
 def search_tau(

@@ -185,6 +185,7 @@ class Stage3Config:
     mode: str = "none"  # none / tau_norm / logit_adjust / both
     tau_norm: Any = 1.0  # a number in [0, 2] or "auto"
     logit_tau: Any = 1.0  # a number in [0, 3] or "auto"
+    temperature: Any = None  # none / auto (fitted on validation NLL) / a number > 0; applied last
 
 
 @dataclass
@@ -346,6 +347,25 @@ def parse_tau(value: Any, key: str, high: float) -> Any:
     return float(value)
 
 
+def parse_temperature(value: Any) -> Any:
+    """``stage3.temperature``: None/'none' (off), 'auto' (fitted on validation NLL) or a number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("none", "null", ""):
+            return None
+        if v == "auto":
+            return "auto"
+        try:
+            value = float(v)
+        except ValueError:
+            raise ConfigError(f"stage3.temperature={value!r} is not valid; use none, auto or a number > 0") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"stage3.temperature={value!r} is not valid; use none, auto or a number > 0")
+    return float(value)
+
+
 def validate(cfg: Any) -> None:
     """Check value ranges and choices; raise ConfigError with one clear line."""
     for key, choices in _CHOICES.items():
@@ -398,6 +418,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
     parse_tau(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0)
     parse_tau(cfg.stage3.logit_tau, "stage3.logit_tau", 3.0)
+    parse_temperature(cfg.stage3.temperature)
     parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0)
     if cfg.mode == "eval" and not cfg.resume:
         raise ConfigError("mode=eval needs resume=<run folder or checkpoint> naming the trained model")

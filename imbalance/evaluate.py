@@ -153,9 +153,14 @@ def _build(cfg: DictConfig, info: TrainedModelInfo, n_devices: int) -> nn.Module
     model = build_model(cfg, data, torch.device("cpu"), n_devices=n_devices)
     if cfg.stage2.enabled and cfg.stage2.mode == "lws":
         model.classifier = LWSClassifier(model.classifier, info.num_classes)
-    tau = info.calibration.get("logit_tau")
-    if tau is not None:
-        model.classifier = cal.LogitAdjustedOutput(model.classifier, info.class_counts.tolist(), float(tau))
+    calib = info.calibration
+    if calib.get("tau_norm") is not None:  # the weights come from the checkpoint
+        model.classifier = cal.tau_normalize(model.classifier, float(calib["tau_norm"]))
+    if calib.get("logit_tau") is not None:
+        model.classifier = cal.LogitAdjustedOutput(model.classifier, info.class_counts.tolist(),
+                                                   float(calib["logit_tau"]))
+    if calib.get("temperature") is not None:
+        model.classifier = cal.TemperatureScaledOutput(model.classifier, float(calib["temperature"]))
     return model
 
 

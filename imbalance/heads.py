@@ -147,8 +147,10 @@ class TemperatureScaledClassifier(nn.Module):
     """Linear layer followed by a learnable temperature: ``logits = (W x + b) / T``.
 
     ``T = exp(log_t)`` is kept positive by learning ``log_t`` (initialised to
-    ``log(temperature)``). Temperature scaling as in Guo et al. (ICML 2017), here trained
-    jointly with the layer.
+    ``log(temperature)``). This is a reparameterisation of the linear layer trained jointly with
+    it (on the training loss, so it scales the logits as the training data want); it is NOT
+    Guo et al.'s (2017) calibration, which fits one T on held-out validation NLL after training:
+    that is ``stage3.temperature=auto`` (:class:`imbalance.calibration.TemperatureScaledOutput`).
     """
 
     def __init__(self, *, in_features: int, num_classes: int,

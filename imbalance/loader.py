@@ -24,7 +24,8 @@ class TensorPairDataset:
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         self.x = x
         self.y = torch.as_tensor(y, dtype=torch.long)
-        self.labels = self.y.numpy()
+        # the tensors may live on an accelerator (cached features): numpy needs a host copy
+        self.labels = self.y.cpu().numpy()
 
     def __len__(self) -> int:
         return len(self.y)

@@ -31,7 +31,7 @@ from torch import nn
 
 from . import calibration as cal
 from . import distributed as D
-from .config import parse_tau, validate, with_schema
+from .config import parse_tau, parse_temperature, validate, with_schema
 from .engine import (EarlyStopping, MetricsWriter, StageResult, atomic_save, fit, predict, unwrap,
                      accuracy_and_macc, set_rng_state)
 from .errors import ConfigError, DataError, UserError
@@ -671,22 +671,31 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
 
 @torch.no_grad()
 def run_stage3(ctx: RunContext) -> Dict[str, Any]:
-    """tau-norm and/or logit adjustment (stage 3) and post-hoc evaluation adjustment, each with
-    tau fixed or chosen on the validation split. Returns what was applied (for results.json)."""
+    """tau-norm and/or logit adjustment (stage 3), post-hoc evaluation adjustment and temperature
+    scaling, in that order, each with its value fixed or chosen on the validation split. The
+    network is in eval mode throughout (a head such as ``logit_adjust`` differs in train mode).
+    Returns what was applied (for results.json); the final classifier chain is left in
+    ``ctx.net.classifier``."""
     cfg = ctx.cfg
     mode = cfg.stage3.mode
     posthoc = cfg.evaluation.eval_logit_adjust == "posthoc"
     want_la = mode in ("logit_adjust", "both")
+    temperature = parse_temperature(cfg.stage3.temperature)
     info: Dict[str, Any] = {"stage3_mode": mode, "eval_logit_adjust": cfg.evaluation.eval_logit_adjust}
-    if mode == "none" and not posthoc:
+    if mode == "none" and not posthoc and temperature is None:
         return info
     K = ctx.data.num_classes
     counts = ctx.data.class_counts
     net = ctx.net
+    net.eval()
     val = predict(ctx.model, make_loader(ctx.data.val, cfg_eval_batch(cfg), ctx.device, cfg),
                   precision=ctx.precision, features=True)
     feats, labels = val["features"].to(ctx.device), val["labels"]
     reason = cal.validation_too_small(labels, K)
+
+    def logits_of(head: nn.Module) -> torch.Tensor:
+        with ctx.precision.autocast():
+            return head(feats).float().cpu()
 
     def choose(value: Any, key: str, high: float, grid: Sequence[float], logits_for) -> float:
         tau = parse_tau(value, key, high)
@@ -703,28 +712,49 @@ def run_stage3(ctx: RunContext) -> Dict[str, Any]:
         return best
 
     if mode in ("tau_norm", "both"):
-        w0 = cal.classifier_weight(net.classifier).detach().clone()
-
-        def logits_tn(tau: float) -> torch.Tensor:
-            cal.classifier_weight(net.classifier).copy_(cal.tau_normalized_weight(w0, tau))
-            return net.classifier(feats).float().cpu()
-
-        tau = choose(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0, cal.TAU_NORM_GRID, logits_tn)
-        cal.classifier_weight(net.classifier).copy_(cal.tau_normalized_weight(w0, tau))
+        head = net.classifier
+        _, base_macc = accuracy_and_macc(logits_of(head).argmax(1), labels, K)
+        info["tau_norm_baseline_val_macc"] = base_macc  # the untouched classifier, bias included
+        tau = choose(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0, cal.TAU_NORM_GRID,
+                     lambda t: logits_of(cal.tau_normalize(head, t)))
+        net.classifier = cal.tau_normalize(head, tau)
         info["tau_norm"] = tau
-        log.info("stage 3: tau-normalised classifier weights, tau=%.2f", tau)
+        log.info("stage 3: tau-normalised classifier f @ (W / ||W||^%.2f)^T, bias dropped (untouched classifier: "
+                 "val mAcc %.2f%%)", tau, 100 * base_macc)
     if want_la or posthoc:
         if want_la and posthoc:
             log.warning("stage3.mode=%s and evaluation.eval_logit_adjust=posthoc are the same logit adjustment; "
                         "applying it once, with stage3.logit_tau", mode)
         key, value = ("stage3.logit_tau", cfg.stage3.logit_tau) if want_la else (
             "evaluation.eval_logit_tau", cfg.evaluation.eval_logit_tau)
-        base = net.classifier(feats).float().cpu()
+        base = logits_of(net.classifier)
         prior = cal.log_prior(counts)
         tau = choose(value, key, 3.0, cal.LOGIT_TAU_GRID, lambda t: base - t * prior)
         net.classifier = cal.LogitAdjustedOutput(net.classifier, counts.tolist(), tau).to(ctx.device)
         info["logit_tau"] = tau
         log.info("logit adjustment: z - %.2f * log(prior)", tau)
+    if temperature is not None:
+        from .analysis import expected_calibration_error
+
+        z = logits_of(net.classifier)
+        if temperature == "auto":
+            if reason:
+                log.warning("stage3.temperature=auto: the validation split is too small to fit T (%s); using T=1",
+                            reason)
+                info["stage3.temperature_fallback"] = reason
+                temperature = 1.0
+            else:
+                temperature = cal.fit_temperature(z, labels)
+        y = labels.cpu().numpy()
+        before = {"nll": cal.nll(z, labels), "ece": expected_calibration_error(torch.softmax(z, 1).numpy(), y)}
+        after = {"nll": cal.nll(z, labels, temperature),
+                 "ece": expected_calibration_error(torch.softmax(z / temperature, 1).numpy(), y)}
+        net.classifier = cal.TemperatureScaledOutput(net.classifier, temperature).to(ctx.device)
+        info["temperature"] = float(temperature)
+        info["temperature_val"] = {"before": before, "after": after}
+        log.info("temperature scaling: T=%.3f; validation NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
+                 before["nll"], after["nll"], before["ece"], after["ece"])
+    net.eval()  # the wrappers added above, too
     return info
 
 
@@ -992,12 +1022,13 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
 
     t0 = time.perf_counter()
     calib = run_stage3(ctx)
-    if cfg.stage3.mode != "none":
+    stage3_ran = cfg.stage3.mode != "none" or parse_temperature(cfg.stage3.temperature) is not None
+    if stage3_ran:
         timings["stage3"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     final = evaluate_test(ctx, features=True)
-    if cfg.stage3.mode != "none":
+    if stage3_ran:
         metrics["stage3"] = public(final)
     metrics["final"] = public(final)
     val_out = predict(ctx.model, ctx.val_loader, precision=precision)

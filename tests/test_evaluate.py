@@ -30,7 +30,7 @@ def compose(*overrides: str):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Train/test files of the built-in data and one run trained on them (stage 2 cRT, stage 3
-    tau-norm + logit adjustment, so the final model has every wrapper that is not LWS)."""
+    tau-norm + logit adjustment + temperature, so the final model has every wrapper but LWS)."""
     from imbalance.pipeline import run
     from imbalance.synthetic import builtin_dataset, write_dataset
 
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     write_dataset(str(d / "test.mat"), *sets["test"], fmt="mat")
     rdir = d / "run"
     run(compose(*TRAIN_OVERRIDES, f"data.path_train={d / 'train.mat'}", f"data.path_test={d / 'test.mat'}",
-                "stage3.mode=both"), run_dir=rdir)
+                "stage3.mode=both", "stage3.temperature=auto"), run_dir=rdir)
     return {"dir": d, "run": rdir, "test": d / "test.mat", "test_xy": sets["test"]}
 
 
@@ -88,16 +88,19 @@ def test_checkpoint_path_and_another_file_format(trained, tmp_path):
 
 
 def test_final_model_is_rebuilt_with_its_calibration(trained):
-    """Stage 3 'both': tau-norm is in the weights, logit adjustment wraps the head; the
-    rebuilt model's probabilities equal the ones the training run saved."""
-    from imbalance.calibration import LogitAdjustedOutput, log_prior
+    """Stage 3 'both' + temperature: temperature(logit adjustment(tau-norm(head))); the rebuilt
+    model's probabilities equal the ones the training run saved."""
+    from imbalance.calibration import LogitAdjustedOutput, TauNormalizedLinear, TemperatureScaledOutput, log_prior
     from imbalance.data import ADSBSignalDataset
     from imbalance.evaluate import load_trained_model
 
     model, info = load_trained_model(trained["run"])
-    assert isinstance(model.classifier, LogitAdjustedOutput)
+    assert isinstance(model.classifier, TemperatureScaledOutput)
+    assert float(model.classifier.temperature) == pytest.approx(info.calibration["temperature"])
+    la = model.classifier.head
+    assert isinstance(la, LogitAdjustedOutput) and isinstance(la.head, TauNormalizedLinear)
     tau = info.calibration["logit_tau"]
-    torch.testing.assert_close(model.classifier.offset, -tau * log_prior(info.class_counts))
+    torch.testing.assert_close(la.offset, -tau * log_prior(info.class_counts))
     ds = ADSBSignalDataset(str(trained["test"]), classes=info.classes)
     with torch.no_grad():
         prob = torch.softmax(model(ds.x), 1).numpy()
@@ -114,11 +117,11 @@ def test_lws_model_with_posthoc_adjustment_is_rebuilt(trained, tmp_path):
     d = trained["dir"]
     rdir = tmp_path / "lws"
     run(compose(*TRAIN_OVERRIDES, "training.epochs=1", "stage2.epochs=1", "stage2.mode=lws",
-                "evaluation.eval_logit_adjust=posthoc", f"data.path_train={d / 'train.mat'}",
+                "stage3.mode=tau_norm", "evaluation.eval_logit_adjust=posthoc", f"data.path_train={d / 'train.mat'}",
                 f"data.path_test={trained['test']}"), run_dir=rdir)
     model, _ = load_trained_model(rdir)
     assert isinstance(model.classifier, LogitAdjustedOutput)
-    assert isinstance(model.classifier.head, LWSClassifier)
+    assert isinstance(model.classifier.head, LWSClassifier)  # tau-norm inside LWS, the scales kept
     out = evaluate(tmp_path, rdir, trained["test"])
     assert results(out)["metrics"]["final"] == results(rdir)["metrics"]["final"]
 
