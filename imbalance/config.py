@@ -121,6 +121,7 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     accumulation_steps: int = 1  # optimizer step every N batches (effective batch N * batch_size)
     skip_nonfinite: bool = False  # false: a NaN/Inf loss stops the run (epoch, batch); true: skip the batch
+    checkpoint_select: str = "best"  # best (by early_stopping.monitor) / last (the fully annealed model)
 
 
 @dataclass
@@ -144,6 +145,7 @@ class EarlyStoppingConfig:
     monitor: str = "val_macc"  # val_macc / val_acc / val_loss
     mode: str = "max"  # max / min
     min_delta: float = 0.0
+    min_epochs: Optional[int] = None  # patience counts after this epoch; null: the last scheduled switch
 
 
 @dataclass
@@ -167,6 +169,8 @@ class Stage2Config:
     reinit_classifier: bool = True
     feature_cache: bool = True  # crt with a frozen backbone and no augmentation: train on cached features
     patience: Optional[int] = None  # null: early_stopping.patience
+    min_epochs: Optional[int] = None  # null: the last scheduled switch of stage 2 (e.g. a progressive sampler's end)
+    checkpoint_select: str = "best"  # best / last
     # Loss parameters for stage 2; null inherits the value of the `loss:` section.
     focal_gamma: Optional[float] = None
     focal_alpha: Optional[Any] = None
@@ -314,6 +318,8 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = N
 _CHOICES = {
     "early_stopping.monitor": ("val_macc", "val_acc", "val_loss"),
     "early_stopping.mode": ("max", "min"),
+    "training.checkpoint_select": ("best", "last"),
+    "stage2.checkpoint_select": ("best", "last"),
     "stage2.mode": ("crt", "finetune", "lws"),
     "stage3.mode": ("none", "tau_norm", "logit_adjust", "both"),
     "evaluation.eval_logit_adjust": ("none", "posthoc"),

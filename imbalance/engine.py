@@ -148,12 +148,16 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs
+    counted after epoch ``min_epochs`` (the last scheduled switch of the stage: a DRW start, the
+    end of a warm-up or of a progressive schedule), so that early stopping never cuts a schedule
+    short. The best value is tracked from the first epoch."""
 
     def __init__(self, *, monitor: str = "val_macc", mode: str = "max", patience: int = 20,
-                 min_delta: float = 0.0, enabled: bool = True) -> None:
+                 min_delta: float = 0.0, enabled: bool = True, min_epochs: int = 0) -> None:
         self.monitor, self.mode, self.patience = monitor, mode, int(patience)
         self.min_delta, self.enabled = float(min_delta), bool(enabled)
+        self.min_epochs = max(0, int(min_epochs))
         self.best: Optional[float] = None
         self.best_epoch = 0
         self.bad_epochs = 0
@@ -172,7 +176,8 @@ class EarlyStopping:
         if self.is_better(value):
             self.best, self.best_epoch, self.bad_epochs = float(value), int(epoch), 0
             return True
-        self.bad_epochs += 1
+        if int(epoch) > self.min_epochs:
+            self.bad_epochs += 1
         return False
 
     @property
@@ -425,9 +430,11 @@ def fit(
     on_epoch_end: Optional[Callable[[int], None]] = None,
     best_state: Optional[Dict[str, torch.Tensor]] = None,
     on_batch_end: Optional[Callable[[int, int], None]] = None,
+    restore_best: bool = True,
 ) -> StageResult:
     """Train ``model`` for up to ``epochs`` epochs (from ``start_epoch``, 0-based) and restore the
-    best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end.
+    best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end, or keep the last
+    epoch's weights with ``restore_best=False`` (Kang et al. keep the fully annealed model).
 
     ``save_module`` is what checkpoints and best-restoring hold (default: ``model``); it differs
     when ``model`` is a classifier trained on cached features of a bigger network.
@@ -529,7 +536,8 @@ def fit(
                      early_stopping.monitor, early_stopping.best, early_stopping.best_epoch)
             result.stopped_early = True
             break
-    holder.load_state_dict(best_state)
+    if restore_best:
+        holder.load_state_dict(best_state)
     result.best_epoch = early_stopping.best_epoch
     result.best_value = early_stopping.best
     result.seconds = time.perf_counter() - t_stage

@@ -555,9 +555,12 @@ def run_stage1(ctx: RunContext) -> StageResult:
                              step_size=int(s.step_size), gamma=float(s.gamma), plateau_patience=int(s.plateau_patience),
                              plateau_factor=float(s.plateau_factor), plateau_mode=cfg.early_stopping.mode,
                              restart_period=int(s.restart_period), restart_mult=int(s.restart_mult))
+    min_epochs = stage_min_epochs(cfg.early_stopping.min_epochs, stage=1, epochs=int(t.epochs),
+                                  warmup=int(s.warmup_epochs) if s.name != "none" else 0, loss_fn=loss_fn,
+                                  sampler_name=cfg.sampling.name)
     es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
                        patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta),
-                       enabled=bool(cfg.early_stopping.enabled))
+                       enabled=bool(cfg.early_stopping.enabled), min_epochs=min_epochs)
     log.info("stage 1: %s, sampler %s, %s, lr %g, %d epochs, %d batches/epoch", cfg.loss.name, cfg.sampling.name,
              t.optimizer, float(t.lr), int(t.epochs), len(train_loader))
     start, best = _restore_stage(ctx, 1, holder=ctx.net, optimizer=optimizer, schedule=schedule, es=es)
@@ -568,9 +571,39 @@ def run_stage1(ctx: RunContext) -> StageResult:
               grad_clip=float(t.grad_clip or 0) or None, accumulation_steps=int(t.accumulation_steps),
               global_epoch_offset=ctx.global_epoch, console_log_interval=int(cfg.console_log_interval),
               progress_bar=ctx.progress, skip_nonfinite=bool(t.skip_nonfinite), start_epoch=start,
-              best_state=best, on_batch_end=_epoch_hook(ctx, 0))
+              best_state=best, on_batch_end=_epoch_hook(ctx, 0), val_loss_fn=plain_ce(),
+              restore_best=t.checkpoint_select == "best")
     ctx.global_epoch += res.epochs_run
+    if t.checkpoint_select == "last":
+        log.info("stage 1: keeping the last epoch's weights (training.checkpoint_select=last)")
     return res
+
+
+def plain_ce() -> nn.Module:
+    """The validation loss of every stage (``monitor=val_loss``): plain cross-entropy, whatever the
+    training loss (whose definition may change during training, e.g. at a DRW switch)."""
+    return nn.CrossEntropyLoss()
+
+
+def stage_min_epochs(setting: Any, *, stage: int, epochs: int, warmup: int, loss_fn: Any,
+                     sampler_name: str) -> int:
+    """The epoch after which early-stopping patience counts: ``setting`` when given, else the
+    last scheduled switch of the stage (the warm-up end, LDAM's DRW start, the end of a
+    progressive sampler or loss schedule)."""
+    if setting is not None:
+        return int(setting)
+    switches = {"warm-up": warmup}
+    drw = getattr(loss_fn, "drw_start", None)
+    if drw is not None:
+        switches["DRW start"] = int(drw)
+    if str(sampler_name).startswith("progressive"):
+        switches[f"end of the {sampler_name} schedule"] = epochs - 1
+    if hasattr(loss_fn, "power_at"):  # ProgressiveLoss
+        switches["end of the ProgressiveLoss schedule"] = epochs - 1
+    why, value = max(switches.items(), key=lambda kv: kv[1])
+    if value > 0:
+        log.info("stage %d: early-stopping patience counts after epoch %d (%s)", stage, value, why)
+    return max(0, value)
 
 
 def _epoch_hook(ctx: RunContext, offset: int):
@@ -598,6 +631,11 @@ def cached_features(ctx: RunContext, ds: Any) -> TensorPairDataset:
     return TensorPairDataset(out["features"].to(ctx.device), out["labels"].to(ctx.device))
 
 
+def stage1_checkpoint_name(cfg: DictConfig) -> str:
+    """The stage-1 checkpoint that stage 2 starts from (``training.checkpoint_select``)."""
+    return f"stage1_{cfg.training.checkpoint_select}.pt"
+
+
 def cfg_eval_batch(cfg: DictConfig) -> int:
     return int(cfg.evaluation.batch_size)
 
@@ -612,9 +650,9 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
     cfg = ctx.cfg
     s2 = cfg.stage2
     data = ctx.data
-    best1 = ctx.ckpt_dir / "stage1_best.pt"
+    best1 = ctx.ckpt_dir / stage1_checkpoint_name(cfg)
     if ctx.is_main and not best1.exists():
-        raise UserError(f"stage 2 needs stage 1's best checkpoint, but {best1} does not exist")
+        raise UserError(f"stage 2 needs stage 1's checkpoint, but {best1} does not exist")
     plan = make_stage2_plan(s2.mode, ctx.model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
@@ -649,9 +687,12 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
                                  weight_decay=float(s2.weight_decay), momentum=float(s2.momentum))
     schedule = EpochSchedule(optimizer, s2.scheduler, epochs=epochs, warmup_epochs=0,
                              plateau_mode=cfg.early_stopping.mode)
+    min_epochs = stage_min_epochs(s2.min_epochs, stage=2, epochs=epochs, warmup=0, loss_fn=loss_fn,
+                                  sampler_name=s2.sampler)
     es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
                        patience=int(s2.patience if s2.patience is not None else cfg.early_stopping.patience),
-                       min_delta=float(cfg.early_stopping.min_delta), enabled=bool(cfg.early_stopping.enabled))
+                       min_delta=float(cfg.early_stopping.min_delta), enabled=bool(cfg.early_stopping.enabled),
+                       min_epochs=min_epochs)
     log.info("stage 2: %s with %s, sampler %s, lr %g, %d epochs", s2.mode, s2.loss, s2.sampler, float(s2.lr), epochs)
     start, best = _restore_stage(ctx, 2, holder=ctx.net, optimizer=optimizer, schedule=schedule, es=es)
     res = fit(trainee, stage=2, train_loader=train_loader, val_loader=val_loader, loss_fn=loss_fn,
@@ -662,7 +703,8 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
               global_epoch_offset=ctx.global_epoch, console_log_interval=int(cfg.console_log_interval),
               progress_bar=ctx.progress and not use_cache, save_module=ctx.model,
               skip_nonfinite=bool(cfg.training.skip_nonfinite), start_epoch=start, best_state=best,
-              on_batch_end=_epoch_hook(ctx, ctx.global_epoch))
+              on_batch_end=_epoch_hook(ctx, ctx.global_epoch), val_loss_fn=plain_ce(),
+              restore_best=s2.checkpoint_select == "best")
     ctx.global_epoch += res.epochs_run
     for p in ctx.model.parameters():
         p.requires_grad_(False)
@@ -1002,10 +1044,11 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
         # stage 1 had finished: stage 2 starts from its best weights, as fit() left them
         from .checkpoint import load_checkpoint
 
-        ctx.net.load_state_dict(load_checkpoint(ctx.ckpt_dir / "stage1_best.pt")["model"])
+        ctx.net.load_state_dict(load_checkpoint(ctx.ckpt_dir / stage1_checkpoint_name(cfg))["model"])
         ctx.global_epoch = int(point.state["global_epoch"]) - int(point.state["epoch"])
         stage_info["stage1"] = dict((point.state.get("previous_stages") or {}).get("stage1") or {})
-        log.info("stage 1: finished before the interruption (%d epochs); best weights restored", ctx.global_epoch)
+        log.info("stage 1: finished before the interruption (%d epochs); its %s weights restored", ctx.global_epoch,
+                 cfg.training.checkpoint_select)
     else:
         r1 = run_stage1(ctx)
         stage_info["stage1"] = {"epochs_run": r1.epochs_run, "best_epoch": r1.best_epoch,
