@@ -294,15 +294,16 @@ def _softmax_log_pt_terms(z: torch.Tensor, t: torch.Tensor):
 
     ``log(1 - p_t) = logsumexp_{j != t} z_j - logsumexp_j z_j`` (the target masked with
     -inf), so it stays finite (and differentiable) where ``p_t`` rounds to 1 in float32
-    (a logit margin above ~17). With a single class ``1 - p_t = 0`` exactly: ``-inf``,
-    returned as a constant (no gradient path, so no NaN).
+    (a logit margin above ~17). Where no other class has a finite logit (a single class, or
+    the others masked with -inf) ``1 - p_t = 0`` exactly: ``-inf``, as a constant (the
+    log-sum-exp of an all -inf row would give NaN gradients).
     """
     nll = F.cross_entropy(z, t, reduction="none")
-    if z.shape[1] == 1:
-        return nll, torch.full_like(nll, float("-inf")).detach()
     lse = torch.logsumexp(z, dim=1)
     others = z.scatter(1, t[:, None], float("-inf"))
-    return nll, torch.logsumexp(others, dim=1) - lse
+    none = torch.isneginf(others).all(dim=1, keepdim=True)
+    lse_others = torch.logsumexp(torch.where(none, torch.zeros_like(others), others), dim=1)
+    return nll, torch.where(none.squeeze(1), float("-inf"), lse_others - lse)
 
 
 def _softmax_focal_terms(z: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -805,7 +806,10 @@ class CostSensitiveFocal(ImbalanceLoss):
     Lin et al. 2017, with the class costs of :class:`CostSensitiveCE` as alpha_t).
 
     Same stable modulator as :class:`FocalLoss` (finite gradients for ``gamma < 1`` at any
-    margin). No label smoothing (not defined for the focal loss)."""
+    margin). The official LDAM-DRW code's weighted focal loss instead puts the class weight
+    inside the CE (``p = exp(-w_y CE)``, ``(1 - p)^gamma w_y CE``); here the weight multiplies
+    the focal term, as Lin et al.'s alpha_t. No label smoothing (not defined for the focal
+    loss)."""
 
     def __init__(self, *, cost_strategy: str = "auto", gamma: float = 2.0, cost_matrix: Any = None,
                  class_counts: Optional[CountsLike] = None, total_epochs: int = 1) -> None:

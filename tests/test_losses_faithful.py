@@ -136,6 +136,18 @@ def test_focal_single_class_no_nan(name, gamma):
     assert torch.isfinite(x.grad).all() and torch.all(x.grad == 0)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 2.0])
+def test_focal_masked_classes_no_nan(gamma):
+    # Other classes masked with -inf: p_t = 1 exactly in that row, which contributes 0.
+    z = torch.tensor([[3.0, -math.inf, -math.inf], [1.0, 2.0, 3.0], [0.5, -math.inf, 2.0]])
+    t = torch.tensor([0, 2, 0])
+    x = z.clone().requires_grad_(True)
+    v = create_loss("FocalLoss", gamma=gamma)(x, t)
+    v.backward()
+    assert torch.isfinite(x.grad).all() and torch.all(x.grad[0] == 0)
+    assert close(v, focal_ref64(z, t, gamma), rtol=1e-6, atol=1e-8)
+
+
 def test_focal_gamma0_is_exactly_ce(batch):
     z, t = batch
     ce = create_loss("CrossEntropy")
