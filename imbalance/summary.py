@@ -24,6 +24,15 @@ Type (``comparison_by_type``). A run uses *sampling* when ``sampling.name`` or a
 with stage-3 calibration (``stage3.mode`` not none) or post-hoc logit adjustment
 (``evaluation.eval_logit_adjust: posthoc``) get the suffix `` + calibration``.
 
+Selection. A configuration is *selected* on VALIDATION data only: the one with the highest
+mean of ``select_by`` (:data:`SELECT_METRICS`: ``val_macc``, the default, or ``val_acc``: the
+final model's validation mAcc / accuracy that ``results.json`` records as ``val_metrics``)
+over its runs that record it; ties go to more runs, then the config id (never to a test
+figure). The report gives the TEST figures of what was selected. Runs without
+``val_metrics`` are excluded from the selection (and listed), not from the tables; a
+configuration none of whose runs records it cannot be selected. Tables sorted by a test
+metric (``sort_by``) are for reading only and are labelled so.
+
 Baseline. Unless one is named, the baseline of a configuration is a configuration of type
 ``baseline`` (stage 2 disabled, CrossEntropy, no sampler, no calibration) with the same model,
 the one whose config agrees with it on the most keys; configurations without such a baseline get
@@ -52,6 +61,10 @@ METRICS: tuple[str, ...] = (
     "oa", "macc", "balanced_acc", "macro_f1", "gmean",
     "many_acc", "medium_acc", "few_acc", "hm", "nll", "ece",
 )
+#: Validation metrics a configuration can be selected by (``results.json`` ``val_metrics``:
+#: the final model on the validation split); higher is better for both.
+SELECT_METRICS: tuple[str, ...] = ("val_macc", "val_acc")
+SELECT_TITLES: dict[str, str] = {"val_macc": "validation mAcc", "val_acc": "validation accuracy"}
 #: Metrics where smaller is better.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"nll", "ece"})
 #: Metrics of the key table (SEED: "论文报告：mAcc, Many-Acc, Few-Acc, HM").
@@ -107,6 +120,11 @@ class SummaryTables:
     sort_by: str
     baseline_note: str
     searches: list[dict[str, Any]]
+    select_by: str = "val_macc"
+    #: config_id of the configuration selected on validation (None: no run records it)
+    selected: str | None = None
+    #: run folders (relative) lacking the ``select_by`` validation metric
+    runs_without_val: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Skip(Exception):
@@ -412,15 +430,22 @@ def build_tables(
     *,
     baseline: str | None = None,
     sort_by: str = "macc",
+    select_by: str = "val_macc",
     ignore_keys: Sequence[str] = DEFAULT_IGNORED_KEYS,
     searches: list[dict[str, Any]] | None = None,
 ) -> SummaryTables:
-    """Group runs by configuration and compute every table (see the module docstring)."""
+    """Group runs by configuration and compute every table (see the module docstring).
+
+    ``sort_by`` (a test metric) only orders tables for reading; ``select_by`` (a validation
+    metric of :data:`SELECT_METRICS`) selects the configuration that the report names.
+    """
     import numpy as np
     import pandas as pd
 
     if sort_by not in METRICS:
         raise ConfigError(f"--sort-by '{sort_by}' is not a metric; valid: {', '.join(METRICS)}")
+    if select_by not in SELECT_METRICS:
+        raise ConfigError(f"--select-by '{select_by}' is not a validation metric; valid: {', '.join(SELECT_METRICS)}")
     if not runs:
         raise DataError("no completed runs to summarise")
     ignore = tuple(ignore_keys)
@@ -465,6 +490,11 @@ def build_tables(
         row.update(r.extra)
         rows.append(row)
     runs_df = pd.DataFrame(rows)
+    for vm in SELECT_METRICS:  # runs written without val_metrics: NaN (excluded from selection)
+        if vm not in runs_df:
+            runs_df[vm] = math.nan
+        runs_df[vm] = runs_df[vm].astype(float)
+    runs_without_val = [str(d) for d in runs_df.loc[runs_df[select_by].isna(), "run_dir"]]
     cfg_df = pd.DataFrame([r.config for r in runs]).add_prefix("cfg.")
     full = pd.concat([runs_df, cfg_df], axis=1)
 
@@ -481,20 +511,27 @@ def build_tables(
     groups["exp_names"] = g["exp_name"].agg(lambda s: " ".join(sorted(set(map(str, s)))))
     groups["run_dirs"] = g["run_dir"].agg(lambda s: " ".join(s))
     groups = groups.join(agg)
-    if "val_macc" in runs_df:  # validation mAcc (what sweepers maximise), when the runs report it
-        groups["val_macc_mean"] = g["val_macc"].mean()
-        groups["val_macc_std"] = g["val_macc"].std()
+    for vm in SELECT_METRICS:  # validation metrics: mean/std/count over the runs that record them
+        groups[f"{vm}_mean"] = g[vm].mean()
+        groups[f"{vm}_std"] = g[vm].std()
+        groups[f"{vm}_count"] = g[vm].count()
     asc = sort_by in LOWER_IS_BETTER
     groups = groups.sort_values([f"{sort_by}_mean", "oa_mean"], ascending=[asc, False], na_position="last")
     groups.insert(0, "rank", np.arange(1, len(groups) + 1))
     groups.index.name = "config_id"
     groups = groups.reset_index()
+    val_order = _selection_order(groups, select_by)
+    groups["val_rank"] = math.nan
+    groups.loc[val_order, "val_rank"] = np.arange(1, len(val_order) + 1)
+    selected = str(groups.loc[val_order[0], "config_id"]) if val_order else None
+    groups["selected"] = groups["config_id"] == selected
 
     ranking_cols = ["rank", "config", "config_id", "type", "model", "n"]
     for m in METRICS:
         ranking_cols += [f"{m}_mean", f"{m}_std"]
-    if "val_macc_mean" in groups:
-        ranking_cols += ["val_macc_mean", "val_macc_std"]
+    for vm in SELECT_METRICS:
+        ranking_cols += [f"{vm}_mean", f"{vm}_std", f"{vm}_count"]
+    ranking_cols += ["val_rank", "selected"]
     ranking = groups[ranking_cols + ["seeds", "exp_names", "run_dirs"]]
 
     def compare(by: str) -> Any:
@@ -503,9 +540,13 @@ def build_tables(
         out.columns = [f"{m}_{s}" for m, s in out.columns]
         out.insert(0, "n_runs", gg.size())
         out.insert(1, "n_configs", gg["config_id"].nunique())
-        best = groups.groupby(by, sort=False).first()  # groups is sorted best-first
-        out["best_config"] = best["config"]
-        out[f"best_{sort_by}_mean"] = best[f"{sort_by}_mean"]
+        # The category's configuration selected on validation (none if no run records it).
+        # val_order is best-first; drop_duplicates keeps whole rows (groupby.first would mix
+        # columns of different rows around NaN values).
+        pick = groups.loc[val_order].drop_duplicates(subset=[by], keep="first").set_index(by)
+        out["selected_config"] = pick["config"]
+        out[f"selected_{select_by}_mean"] = pick[f"{select_by}_mean"]
+        out[f"selected_test_{sort_by}_mean"] = pick[f"{sort_by}_mean"]
         out = out.sort_values(f"{sort_by}_mean", ascending=asc)
         return out.reset_index()
 
@@ -516,21 +557,34 @@ def build_tables(
         mat.columns.name = None
         matrices[f"matrix_{m}"] = mat.reset_index()
 
+    # best_configurations: the configuration each validation metric selects (select_by first),
+    # with its validation score and its TEST figures. Never a maximum over test metrics.
     best_rows = []
+    best_cols = ["selected_by", "config", "config_id", "type", "n", "n_val", "val_mean", "val_std"]
     for m in METRICS:
-        col = f"{m}_mean"
-        sub = groups.dropna(subset=[col])
-        if sub.empty:
+        best_cols += [f"test_{m}_mean", f"test_{m}_std"]
+    best_cols += ["run_dirs"]
+    for vm in (select_by,) + tuple(v for v in SELECT_METRICS if v != select_by):
+        order = _selection_order(groups, vm)
+        if not order:
             continue
-        i = sub[col].idxmin() if m in LOWER_IS_BETTER else sub[col].idxmax()
-        b = groups.loc[i]
-        best_rows.append({"metric": m, "direction": "min" if m in LOWER_IS_BETTER else "max",
-                          "config": b["config"], "config_id": b["config_id"], "type": b["type"],
-                          "mean": b[col], "std": b[f"{m}_std"], "n": int(b[f"{m}_count"]),
-                          "run_dirs": b["run_dirs"]})
-    best_cfg = pd.DataFrame(best_rows)
+        b = groups.loc[order[0]]
+        row = {"selected_by": vm, "config": b["config"], "config_id": b["config_id"], "type": b["type"],
+               "n": int(b["n"]), "n_val": int(b[f"{vm}_count"]), "val_mean": b[f"{vm}_mean"],
+               "val_std": b[f"{vm}_std"], "run_dirs": b["run_dirs"]}
+        for m in METRICS:
+            row[f"test_{m}_mean"] = b[f"{m}_mean"]
+            row[f"test_{m}_std"] = b[f"{m}_std"]
+        best_rows.append(row)
+    best_cfg = pd.DataFrame(best_rows, columns=best_cols)
 
     improvement, note = _improvements(groups, gkeys, descs, runs_df, baseline)
+    # Improvements in validation order (the selected configuration first), never test order.
+    vi = groups.set_index("config_id")
+    improvement.insert(4, f"{select_by}_mean", improvement["config_id"].map(vi[f"{select_by}_mean"]).astype(float))
+    improvement.insert(5, "selected", improvement["config_id"] == selected)
+    improvement = improvement.sort_values(f"{select_by}_mean", ascending=False, na_position="last",
+                                          kind="stable").reset_index(drop=True)
     tables = {
         "ranking_overall": ranking,
         "comparison_by_type": compare("type"),
@@ -542,7 +596,20 @@ def build_tables(
         "all_results_full": full,
     }
     return SummaryTables(tables=tables, groups=groups, runs=runs_df, sort_by=sort_by,
-                         baseline_note=note, searches=searches or [])
+                         baseline_note=note, searches=searches or [], select_by=select_by,
+                         selected=selected, runs_without_val=runs_without_val)
+
+
+def _selection_order(groups: Any, select_by: str) -> list[Any]:
+    """Row labels of ``groups`` that can be selected (at least one run records ``select_by``),
+    best first: highest validation mean, then more runs with it, then config id. No test
+    figure takes part."""
+    sub = groups[groups[f"{select_by}_count"] > 0]
+    if sub.empty:
+        return []
+    key = sub.assign(_neg=-sub[f"{select_by}_mean"], _negn=-sub[f"{select_by}_count"])
+    key = key.sort_values(["_neg", "_negn", "config_id"], kind="stable")
+    return list(key.index)
 
 
 def _improvements(groups: Any, gkeys: dict, descs: dict, runs_df: Any, baseline: str | None) -> tuple[Any, str]:
@@ -640,7 +707,9 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def plot_comparison(groups: Any, path: Path, *, sort_by: str = "macc", top: int = 20) -> Path:
-    """Horizontal bar chart of mAcc, Few and HM (mean, error bar = std) for the top configurations."""
+    """Horizontal bar chart of test mAcc, Few and HM (mean, error bar = std) for the first ``top``
+    configurations of ``groups`` (sorted by the test metric ``sort_by``: for reading, not a
+    selection)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -661,7 +730,8 @@ def plot_comparison(groups: Any, path: Path, *, sort_by: str = "macc", top: int 
     ax.set_yticklabels([f"{c} (n={n})" for c, n in zip(sub["config"], sub["n"])], fontsize=7)
     ax.set_xlabel("%  (mean ± std over seeds)")
     ax.set_xlim(0, 100)
-    ax.set_title(f"Configurations ranked by {METRIC_TITLES.get(sort_by, sort_by)}")
+    ax.set_title(f"Sorted by test {METRIC_TITLES.get(sort_by, sort_by)} (for reading; selection is by validation)",
+                 fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -696,6 +766,8 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
             fig_name: str | None) -> str:
     g = st.groups
     sb = METRIC_TITLES.get(st.sort_by, st.sort_by)
+    sel_title = SELECT_TITLES[st.select_by]
+    vcol = f"{st.select_by}_mean"
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     L = ["# Experiment summary", ""]
     where = f"`{root}`" + (f" (pattern `{pattern}`)" if pattern else "")
@@ -705,44 +777,80 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
     L.append("Values are percentages of the final model on the test split, **mean ± std over runs that "
              "differ only in `seed`** (sample std; shown when n ≥ 2). Groups (Many/Medium/Few) come from "
              "the training class counts; HM is the harmonic mean of Many and Few.")
-    L += ["", f"## Key results (ranked by {sb})", ""]
+    L.append("")
+    L.append(f"**Selection is by {sel_title}** (`val_metrics` in results.json: the final model on the validation "
+             f"split; `--select-by {st.select_by}`): the selected configuration has the highest mean "
+             f"{sel_title} over its runs, and its test figures are reported as they are. Tables sorted by a "
+             "test metric are for reading only; choosing a method from them would select on the test set.")
+    L += ["", f"## Selected configuration (by {sel_title})", ""]
+    if st.selected is None:
+        L.append(f"No run records {sel_title} (`val_metrics` in results.json; runs written before it was "
+                 "recorded lack it), so **no configuration is selected**. The tables below are sorted by "
+                 f"test {sb} for reading only and must not be used to pick a method.")
+    else:
+        r = g[g["config_id"] == st.selected].iloc[0]
+        nv = int(r[f"{st.select_by}_count"])
+        L.append(f"**{_md_escape(r['config'])}** (config id `{r['config_id']}`, type {r['type']}, "
+                 f"{int(r['n'])} runs): {sel_title} {_pct(r[vcol], r[f'{st.select_by}_std'], nv)} over "
+                 f"{nv} run{'s' if nv != 1 else ''}. Its test figures:")
+        L.append("")
+        L.append(_md_table([METRIC_TITLES[m] for m in KEY_METRICS],
+                           [[_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_count"]) for m in KEY_METRICS]]))
+        order = g.dropna(subset=["val_rank"]).sort_values("val_rank")
+        L += ["", f"Configurations in {sel_title} order (top {min(10, len(order))}):", ""]
+        L.append(_md_table(["Val #", "Configuration", "n (val)", f"Val {sel_title.split()[-1]}", "Test mAcc",
+                            "Test Few", "Test HM"],
+                           [[int(x["val_rank"]), x["config"], int(x[f"{st.select_by}_count"]),
+                             _pct(x[vcol], x[f"{st.select_by}_std"], x[f"{st.select_by}_count"]),
+                             _pct(x["macc_mean"], x["macc_std"], x["macc_count"]),
+                             _pct(x["few_acc_mean"], x["few_acc_std"], x["few_acc_count"]),
+                             _pct(x["hm_mean"], x["hm_std"], x["hm_count"])] for _, x in order.head(10).iterrows()]))
+    if st.runs_without_val:
+        k = len(st.runs_without_val)
+        shown = ", ".join(f"`{d}`" for d in st.runs_without_val[:20]) + (f" (+{k - 20} more)" if k > 20 else "")
+        L += ["", f"{k} of {len(st.runs)} runs lack {sel_title} (`val_metrics.{st.select_by[4:]}` in results.json) "
+              f"and are **excluded from the selection** (they remain in every table): {shown}."]
+    L += ["", f"## Key results (sorted by test {sb}, for reading only; selection is by validation)", ""]
     rows = []
     for _, r in g.iterrows():
-        rows.append([r["rank"], r["config"], r["type"], r["n"]]
-                    + [_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_count"]) for m in KEY_METRICS])
-    L.append(_md_table(["#", "Configuration", "Type", "n"] + [METRIC_TITLES[m] for m in KEY_METRICS], rows))
-    L += ["", "## Best configuration per metric", ""]
-    bc = st.tables["best_configurations"]
-    L.append(_md_table(["Metric", "Best configuration", "Value", "n"],
-                       [[METRIC_TITLES[r["metric"]] + (" (lower is better)" if r["direction"] == "min" else ""),
-                         r["config"], _pct(r["mean"], r["std"], r["n"]) if r["metric"] not in ("nll",)
-                         else f"{r['mean']:.4f}", r["n"]] for _, r in bc.iterrows()]))
+        rows.append([r["rank"], r["config"] + (" **(selected)**" if r["selected"] else ""), r["type"], r["n"]]
+                    + [_pct(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_count"]) for m in KEY_METRICS]
+                    + [_pct(r[vcol], r[f"{st.select_by}_std"], r[f"{st.select_by}_count"])])
+    L.append(_md_table(["#", "Configuration", "Type", "n"] + [METRIC_TITLES[m] for m in KEY_METRICS]
+                       + [f"Val {sel_title.split()[-1]}"], rows))
     if fig_name:
         L += ["", "## Method comparison", "", f"![mAcc, Few and HM per configuration]({fig_name})",
-              "", f"Top {min(20, len(g))} configurations by {sb}; bars are means, whiskers the std over seeds."]
+              "", f"First {min(20, len(g))} configurations sorted by test {sb} (for reading; selection is by "
+              "validation); bars are test means, whiskers the std over seeds."]
     L += ["", "## Improvement over baseline", "", f"Baseline: {st.baseline_note}", ""]
     imp = st.tables["improvement_over_baseline"]
     if len(imp):
         def d(v: float) -> str:
             return "–" if v is None or math.isnan(v) else f"{100 * v:+.2f}"
-        L.append(_md_table(["Configuration", "Baseline", "Δ mAcc", "Δ Many", "Δ Few", "Δ HM", "Δ Macro-F1", "Δ OA"],
-                           [[r["config"], r["baseline"], d(r["delta_macc"]), d(r["delta_many_acc"]),
+        L.append(_md_table(["Configuration", "Baseline", f"Val {sel_title.split()[-1]}", "Δ mAcc", "Δ Many", "Δ Few",
+                            "Δ HM", "Δ Macro-F1", "Δ OA"],
+                           [[r["config"] + (" **(selected)**" if r["selected"] else ""), r["baseline"],
+                             _pct(r[vcol]), d(r["delta_macc"]), d(r["delta_many_acc"]),
                              d(r["delta_few_acc"]), d(r["delta_hm"]), d(r["delta_macro_f1"]), d(r["delta_oa"])]
                             for _, r in imp.iterrows()]))
-        L += ["", "Δ in percentage points (configuration mean − baseline mean)."]
+        L += ["", f"Δ in percentage points of test figures (configuration mean − baseline mean); rows in "
+              f"{sel_title} order."]
     for key, title in (("matrix_macc", "mAcc"), ("matrix_hm", "HM")):
         mat = st.tables[key]
         if mat.shape[0] * (mat.shape[1] - 1) > 1:
-            L += ["", f"## Loss × sampler: {title}", "",
+            L += ["", f"## Loss × sampler: test {title}", "",
                   "Final-stage loss (rows) and sampler (columns; stage 2's when it is enabled), mean over runs.", ""]
             L.append(_md_table([str(c) for c in mat.columns],
                                [[r.iloc[0]] + [_pct(v) for v in r.iloc[1:]] for _, r in mat.iterrows()]))
     ct = st.tables["comparison_by_type"]
-    L += ["", "## By type", ""]
-    L.append(_md_table(["Type", "runs", "configs", "mAcc", "Few", "HM", f"best config ({sb})"],
+    L += ["", "## By type", "", f"Test figures over all runs of a type; the selected configuration of each type "
+          f"is chosen by {sel_title}.", ""]
+    L.append(_md_table(["Type", "runs", "configs", "mAcc", "Few", "HM", f"selected config (by {sel_title})"],
                        [[r["type"], r["n_runs"], r["n_configs"], _pct(r["macc_mean"], r["macc_std"], r["n_runs"]),
                          _pct(r["few_acc_mean"], r["few_acc_std"], r["n_runs"]),
-                         _pct(r["hm_mean"], r["hm_std"], r["n_runs"]), r["best_config"]] for _, r in ct.iterrows()]))
+                         _pct(r["hm_mean"], r["hm_std"], r["n_runs"]),
+                         r["selected_config"] if isinstance(r["selected_config"], str) else "– (no validation metrics)"]
+                        for _, r in ct.iterrows()]))
     if st.searches:
         L += ["", "## Hyper-parameter searches (Optuna)", ""]
         for s in st.searches:
@@ -755,9 +863,11 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
         L += ["", "## Skipped run folders", ""]
         L.append(_md_table(["Folder", "Reason"], [[s.path, s.reason] for s in skipped]))
     L += ["", "## Files", "",
-          "`ranking_overall.csv` (one row per configuration, ranked), `comparison_by_type.csv`, "
+          "`ranking_overall.csv` (one row per configuration, sorted by the test `--sort-by` metric, with the "
+          "validation means, `val_rank` and `selected`), `comparison_by_type.csv`, "
           "`comparison_sampling.csv`, `comparison_loss.csv`, `matrix_oa.csv`, `matrix_macc.csv`, `matrix_hm.csv` "
-          "(loss × sampler), `best_configurations.csv`, `improvement_over_baseline.csv`, `all_results_full.csv` "
+          "(loss × sampler), `best_configurations.csv` (the configuration each validation metric selects, with its "
+          "test figures), `improvement_over_baseline.csv`, `all_results_full.csv` "
           "(one row per run with its flattened config). Numbers in the CSV files are fractions in [0, 1].", ""]
     return "\n".join(L)
 
@@ -782,11 +892,15 @@ def summarize(
     sort_by: str = "macc",
     ignore_keys: Sequence[str] = DEFAULT_IGNORED_KEYS,
     make_figure: bool = True,
+    select_by: str = "val_macc",
 ) -> tuple[Path, SummaryTables, list[SkippedRun]]:
     """Summarise every run under ``root``; returns (output folder, tables, skipped folders).
 
-    Raises :class:`~imbalance.errors.DataError` when root does not exist or holds no completed
-    run, :class:`~imbalance.errors.ConfigError` for a baseline that matches nothing.
+    ``select_by`` (``val_macc`` or ``val_acc``) selects the configuration the report names;
+    ``sort_by`` (a test metric) only orders the tables. Raises
+    :class:`~imbalance.errors.DataError` when root does not exist or holds no completed run,
+    :class:`~imbalance.errors.ConfigError` for a baseline that matches nothing or an unknown
+    metric.
     """
     runs, skipped = collect_runs(root, pattern)
     if not runs:
@@ -797,7 +911,8 @@ def summarize(
             raise DataError(f"no completed run folders under {where}{pat}; {len(skipped)} skipped ({reasons})")
         raise DataError(f"no run folders (with results/results.json) found under {where}{pat}")
     searches = find_search_results(root)
-    st = build_tables(runs, baseline=baseline, sort_by=sort_by, ignore_keys=ignore_keys, searches=searches)
+    st = build_tables(runs, baseline=baseline, sort_by=sort_by, select_by=select_by, ignore_keys=ignore_keys,
+                      searches=searches)
     out_dir = Path(out) if out is not None else default_out_dir()
     write_summary(st, out_dir, root=str(root), pattern=pattern, skipped=skipped, make_figure=make_figure)
     logger.info("summarised %d runs (%d configurations, %d skipped) into %s",

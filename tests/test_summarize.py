@@ -54,7 +54,7 @@ def make_config(exp, seed):
     }
 
 
-def write_run(root: Path, folder: str, exp, seed, overall, status="completed"):
+def write_run(root: Path, folder: str, exp, seed, overall, status="completed", val=None):
     d = root / folder
     (d / "results").mkdir(parents=True)
     (d / ".hydra").mkdir()
@@ -70,6 +70,8 @@ def write_run(root: Path, folder: str, exp, seed, overall, status="completed"):
            "metrics": stages, "per_class": {}, "confusion_matrix": [[1, 0], [0, 1]],
            "timings": {"stage1": 10.0, "evaluation": 2.5}, "model_info": {"name": "ConvNetADSB", "params": 1234},
            "exp_name": exp, "run_dir": str(d), "status": status}
+    if val is not None:  # the final model's validation accuracy and mAcc, as the pipeline writes them
+        res["val_metrics"] = val
     (d / "results" / "results.json").write_text(json.dumps(res))
     (d / "results" / "summary.txt").write_text("mAcc: 99.99 (never read)\n")
     return d
@@ -248,16 +250,17 @@ def test_loss_sampler_matrices(summary, metric):
     assert set(cells) <= {(lo, s) for lo in mat.index for s in mat.columns}
 
 
-def test_best_configurations(summary):
-    _, _, _, t, truth = summary
-    exp = expected_groups(truth)
-    best = t["best_configurations"].set_index("metric")
-    labels = exp_of_config(t)
-    for m in METRICS:
-        means = {e: np.nanmean(v[m]) for e, v in exp.items() if not np.all(np.isnan(v[m]))}
-        want = min(means, key=means.get) if m in ("nll", "ece") else max(means, key=means.get)
-        assert labels[best.loc[m, "config"]] == want, m
-        assert best.loc[m, "mean"] == pytest.approx(means[want], rel=1e-5)
+def test_without_validation_metrics_nothing_is_selected(summary):
+    # No run of this fixture records val_metrics: no configuration may be named best (a maximum
+    # over test figures would select on the test set); every run is listed as lacking them.
+    out_dir, st, _, t, truth = summary
+    assert st.selected is None and len(st.runs_without_val) == len(truth)
+    assert t["best_configurations"].empty
+    assert not t["ranking_overall"]["selected"].any() and t["ranking_overall"]["val_rank"].isna().all()
+    rep = (out_dir / "REPORT.md").read_text()
+    assert "**no configuration is selected**" in rep
+    assert f"{len(truth)} of {len(truth)} runs lack validation mAcc" in rep
+    assert t["comparison_by_type"]["selected_config"].isna().all()
 
 
 def test_improvement_over_automatic_baseline(summary):
@@ -297,7 +300,10 @@ def test_report_reads_well(summary):
     lines = rep.splitlines()
     first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
     assert lines[first_table].startswith("| # | Configuration | Type | n | mAcc | Many | Medium | Few | HM | Macro-F1")
-    assert lines.index("## Key results (ranked by mAcc)") < lines.index("## Best configuration per metric")
+    assert lines[first_table].endswith("| OA | Val mAcc |")
+    heading = "## Key results (sorted by test mAcc, for reading only; selection is by validation)"
+    assert lines.index("## Selected configuration (by validation mAcc)") < lines.index(heading)
+    assert "## Best configuration per metric" not in rep
     assert "![mAcc, Few and HM per configuration](methods_comparison.png)" in rep
     for s in skipped:
         assert s.path in rep
@@ -370,3 +376,101 @@ def test_cli_success_prints_report_path(fixture_root, tmp_path, capsys, monkeypa
     made = list(tmp_path.glob("analysis_results_*"))
     assert len(made) == 1 and (made[0] / "REPORT.md").is_file()
     assert "REPORT.md" in out and "4 folders skipped" in out
+
+
+# ------------------------------------------------------------------ selection on validation
+# Hand-set figures: the test-best configuration (focal) is not the validation-best (inv), the
+# configuration with the highest test mAcc of all (crt_cs_pp) records no validation metrics,
+# and baseline_lr has one run with and one without.
+SEL = {  # exp -> [(seed, test macc, val macc, val acc)]; val None = results.json without val_metrics
+    "baseline": [(0, 0.60, 0.70, 0.95), (1, 0.62, 0.72, 0.93)],
+    "focal": [(0, 0.80, 0.65, 0.90), (1, 0.82, 0.67, 0.92)],
+    "inv": [(0, 0.70, 0.75, 0.80), (1, 0.71, 0.77, 0.82)],
+    "crt_cs_pp": [(0, 0.90, None, None), (1, 0.88, None, None)],
+    "baseline_lr": [(0, 0.50, 0.70, 0.60), (1, 0.52, None, None)],
+}
+
+
+@pytest.fixture(scope="module")
+def selection_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sel") / "experiments"
+    for exp, runs in SEL.items():
+        for seed, test_macc, vmacc, vacc in runs:
+            o = {m: 0.5 for m in METRICS}
+            o.update(macc=test_macc, few_acc=test_macc - 0.2, hm=test_macc - 0.1)
+            val = None if vmacc is None else {"acc": vacc, "macc": vmacc}
+            write_run(root, f"{exp}_s{seed}", exp, seed, o, val=val)
+    return root
+
+
+def _mean(exp, k):
+    return float(np.mean([r[k] for r in SEL[exp] if r[k] is not None]))
+
+
+def test_selection_is_by_validation_and_reports_test_figures(selection_root, tmp_path, capsys):
+    out, st, _ = summarize(selection_root, out=tmp_path / "o", make_figure=False)
+    labels = exp_of_config({"ranking_overall": st.tables["ranking_overall"]})
+    # the test-best configurations (crt_cs_pp overall, focal among those with val) are not selected
+    assert labels[st.tables["ranking_overall"]["config"].iloc[0]] == "crt_cs_pp"
+    sel = st.groups[st.groups["config_id"] == st.selected].iloc[0]
+    assert sel["exp_names"] == "inv"
+    best = st.tables["best_configurations"].set_index("selected_by")
+    assert list(best.index) == ["val_macc", "val_acc"]
+    assert labels[best.loc["val_macc", "config"]] == "inv"
+    assert best.loc["val_macc", "val_mean"] == pytest.approx(_mean("inv", 2))
+    assert best.loc["val_macc", "test_macc_mean"] == pytest.approx(_mean("inv", 1))
+    assert best.loc["val_macc", "n_val"] == 2
+    # the report names the validation-best and prints its TEST mAcc
+    rep = (out / "REPORT.md").read_text()
+    section = rep.split("## Selected configuration (by validation mAcc)")[1].split("## Key results")[0]
+    assert sel["config"] in section and labels_of(st, "focal") not in section.split("order (top")[0]
+    assert f"{100 * _mean('inv', 1):.2f} ± " in section.split("order (top")[0]
+    assert f"validation mAcc {100 * _mean('inv', 2):.2f} ± " in section
+    assert f"{sel['config']} **(selected)**" in rep
+    # the command line names it too
+    assert cli.main(["--root", str(selection_root), "--out", str(tmp_path / "c"), "--no-figure"]) == 0
+    printed = capsys.readouterr().out
+    assert f"selected by val_macc: {sel['config']}" in printed
+    assert f"test mAcc {100 * _mean('inv', 1):.2f}%" in printed
+
+
+def labels_of(st, exp):
+    r = st.tables["ranking_overall"]
+    return r.loc[r["exp_names"] == exp, "config"].iloc[0]
+
+
+def test_select_by_val_acc(selection_root, tmp_path, capsys):
+    _, st, _ = summarize(selection_root, out=tmp_path / "o", make_figure=False, select_by="val_acc")
+    assert st.selected == st.groups.loc[st.groups["exp_names"] == "baseline", "config_id"].iloc[0]
+    assert st.tables["best_configurations"]["selected_by"].tolist() == ["val_acc", "val_macc"]
+    assert cli.main(["--root", str(selection_root), "--out", str(tmp_path / "c"), "--no-figure",
+                     "--select-by", "val_acc"]) == 0
+    assert f"selected by val_acc: {labels_of(st, 'baseline')}" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="val_macc, val_acc"):
+        summarize(selection_root, out=tmp_path / "x", make_figure=False, select_by="macc")
+
+
+def test_runs_without_validation_are_excluded_from_selection_not_tables(selection_root, tmp_path):
+    out, st, _ = summarize(selection_root, out=tmp_path / "o", make_figure=False)
+    rank = st.tables["ranking_overall"].set_index("exp_names")
+    # crt_cs_pp: in the tables with its test figures, but never ranked on validation
+    assert rank.loc["crt_cs_pp", "macc_mean"] == pytest.approx(_mean("crt_cs_pp", 1))
+    assert rank.loc["crt_cs_pp", "val_macc_count"] == 0 and math.isnan(rank.loc["crt_cs_pp", "val_rank"])
+    # baseline_lr: the run without val_metrics counts for test figures, not for the selection score
+    assert rank.loc["baseline_lr", "n"] == 2 and rank.loc["baseline_lr", "val_macc_count"] == 1
+    assert rank.loc["baseline_lr", "val_macc_mean"] == pytest.approx(0.70)
+    assert rank.loc["baseline_lr", "macc_mean"] == pytest.approx(0.51)
+    val_order = sorted((e for e in SEL if e != "crt_cs_pp"), key=lambda e: (-_mean(e, 2), -len(SEL[e])))
+    assert list(rank["val_rank"].dropna().sort_values().index) == val_order
+    assert sorted(st.runs_without_val) == ["baseline_lr_s1", "crt_cs_pp_s0", "crt_cs_pp_s1"]
+    rep = (out / "REPORT.md").read_text()
+    assert "3 of 10 runs lack validation mAcc" in rep and "`crt_cs_pp_s0`" in rep and "`baseline_lr_s1`" in rep
+    # per-type / per-sampler picks are by validation too: among sampler 'none', baseline (val 71%)
+    # and not focal (test-best of that sampler)
+    samp = st.tables["comparison_sampling"].set_index("sampler")
+    assert samp.loc["none", "selected_config"] == labels_of(st, "baseline")
+    assert samp.loc["none", "selected_val_macc_mean"] == pytest.approx(_mean("baseline", 2))
+    # improvements are listed in validation order, the selected configuration first and marked
+    imp = st.tables["improvement_over_baseline"]
+    assert imp["selected"].tolist()[0] and imp["selected"].sum() == 1
+    assert imp["config"].iloc[0] == labels_of(st, "inv")
