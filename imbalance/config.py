@@ -79,7 +79,7 @@ class ModelConfig:
     width: Optional[int] = None  # base channels; null: the seed's full size
     depth: Optional[int] = None  # blocks / stages; null: the seed's full size
     params: Dict[str, Any] = field(default_factory=dict)  # model-specific extras
-    head: str = "linear"  # linear / cosine_ldam / logit_adjust / temperature
+    head: str = "auto"  # auto (linear; cosine_ldam with LDAMLoss) / linear / cosine_ldam / logit_adjust / temperature
     head_params: Dict[str, Any] = field(default_factory=dict)
     init: str = "default"  # default / balanced_xavier / xavier / kaiming
     log_prior_bias: bool = False
@@ -99,6 +99,7 @@ class LossConfig:
     logit_tau: float = 1.0
     cost_strategy: str = "auto"
     cost_matrix: Optional[Any] = None
+    prior: str = "train"  # BalancedSoftmax / LogitAdjustment: train (n_c / N) or sampled (the sampler's)
     params: Dict[str, Any] = field(default_factory=dict)  # any other keyword of the loss
 
 
@@ -108,6 +109,8 @@ class SamplingConfig:
     alpha: float = 0.5
     alpha_start: float = 0.5
     alpha_end: float = 0.0
+    drs_start: Optional[int] = None  # drs: first re-sampled epoch (0-based); null: 80% of the epochs
+    drs_beta: Optional[float] = None  # drs: effective-number beta; null: 0.9999 (LDAM-DRW)
 
 
 @dataclass
@@ -164,6 +167,8 @@ class Stage2Config:
     alpha: float = 0.5
     alpha_start: float = 0.5
     alpha_end: float = 0.0
+    drs_start: Optional[int] = None
+    drs_beta: Optional[float] = None
     freeze_bn: bool = True
     clf_lr_mult: float = 1.0
     reinit_classifier: bool = True
@@ -181,6 +186,7 @@ class Stage2Config:
     ldam_drw_start: Optional[int] = None
     logit_tau: Optional[float] = None
     cost_matrix: Optional[Any] = None
+    prior: Optional[str] = None
     label_smoothing: Optional[float] = None
 
 
@@ -320,6 +326,8 @@ _CHOICES = {
     "early_stopping.mode": ("max", "min"),
     "training.checkpoint_select": ("best", "last"),
     "stage2.checkpoint_select": ("best", "last"),
+    "loss.prior": ("train", "sampled"),
+    "stage2.prior": (None, "train", "sampled"),
     "stage2.mode": ("crt", "finetune", "lws"),
     "stage3.mode": ("none", "tau_norm", "logit_adjust", "both"),
     "evaluation.eval_logit_adjust": ("none", "posthoc"),

@@ -144,13 +144,17 @@ def _state_dict_diff(model: nn.Module, state: Dict[str, torch.Tensor]) -> str:
 
 def _build(cfg: DictConfig, info: TrainedModelInfo, n_devices: int) -> nn.Module:
     from . import calibration as cal
-    from .pipeline import DataBundle, build_model
+    from .models import swap_classifier
+    from .pipeline import DataBundle, build_model, stage2_head
     from .stage2 import LWSClassifier
 
     data = DataBundle(train=None, val=None, test=None, classes=list(info.classes),
                       class_counts=np.asarray(info.class_counts, dtype=np.int64),
                       num_channels=info.num_channels, length=info.length)
     model = build_model(cfg, data, torch.device("cpu"), n_devices=n_devices)
+    new_head = stage2_head(cfg) if cfg.stage2.enabled else None
+    if new_head is not None:
+        swap_classifier(model, new_head, class_counts=data.class_counts.tolist())
     if cfg.stage2.enabled and cfg.stage2.mode == "lws":
         model.classifier = LWSClassifier(model.classifier, info.num_classes)
     calib = info.calibration

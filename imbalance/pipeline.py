@@ -38,18 +38,12 @@ from .errors import ConfigError, DataError, UserError
 from .loader import BatchLoader, TensorPairDataset
 from .optim import EpochSchedule, create_optimizer
 from .precision import Precision, make_precision
+from .recipe import LOSS_KEYMAP
+from . import recipe
 from .results import data_file_hashes, git_commit, summary_text, versions, write_json
 from .stage2 import make_stage2_plan
 
 log = logging.getLogger(__name__)
-
-# Config keys of a loss section -> the keyword arguments of the loss constructors (DESIGN.md).
-LOSS_KEYMAP = {
-    "focal_gamma": "gamma", "focal_alpha": "alpha", "cb_beta": "beta", "cb_base": "base",
-    "ldam_max_margin": "max_margin", "ldam_scale": "scale", "ldam_drw_start": "drw_start",
-    "logit_tau": "tau", "cost_strategy": "cost_strategy", "cost_matrix": "cost_matrix",
-}
-
 
 # =============================================================================================
 # Setup
@@ -241,13 +235,18 @@ def check_names(cfg: DictConfig) -> None:
     from .samplers import SAMPLERS
     from .stage2 import STAGE2_MODES
 
-    checks = [(MODELS, cfg.model.name), (HEADS, cfg.model.head), (LOSSES, cfg.loss.name),
+    checks = [(MODELS, cfg.model.name), (LOSSES, cfg.loss.name),
               (SAMPLERS, cfg.sampling.name), (OPTIMIZERS, cfg.training.optimizer)]
+    if cfg.model.head != "auto":
+        checks.append((HEADS, cfg.model.head))
     if cfg.stage2.enabled:
         checks += [(LOSSES, cfg.stage2.loss), (SAMPLERS, cfg.stage2.sampler), (OPTIMIZERS, cfg.stage2.optimizer),
                    (STAGE2_MODES, cfg.stage2.mode)]
     for registry, name in checks:
         registry.canonical(name)
+    recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM with a non-normalised head is refused
+    if cfg.stage2.enabled:
+        stage2_head(cfg)
 
 
 # =============================================================================================
@@ -350,13 +349,31 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
     )
     if data.length < getattr(model, "min_length", 1):
         raise DataError(f"signal length {data.length} is shorter than {m.name}'s minimum of {model.min_length}")
-    if m.head != "linear":
+    head = recipe.resolve_head(m.head, cfg.loss.name)
+    if head != "linear":
         head_params = OmegaConf.to_container(m.head_params, resolve=True) or {}
-        swap_classifier(model, m.head, class_counts=data.class_counts.tolist(), **head_params)
+        swap_classifier(model, head, class_counts=data.class_counts.tolist(), **head_params)
     if m.init != "default" or m.log_prior_bias:
         init_model_for_imbalanced(model, data.class_counts.tolist(), init_type=m.init,
                                   use_log_prior_bias=bool(m.log_prior_bias), temperature=float(m.init_temperature))
     return model.to(device)
+
+
+def stage2_head(cfg: DictConfig) -> Optional[str]:
+    """The head stage 2 swaps in, or None: with ``model.head=auto`` and an LDAM stage-2 loss, cRT
+    re-initialises the classifier as the normalised head LDAM needs. Fine-tuning and LWS keep the
+    trained head, so they need a normalised one already (else a ConfigError)."""
+    s2 = cfg.stage2
+    if recipe.resolve_head("auto", s2.loss) != "cosine_ldam":
+        return None
+    stage1_head = recipe.resolve_head(cfg.model.head, cfg.loss.name)
+    if stage1_head in recipe.NORMED_HEADS:
+        return None
+    if cfg.model.head == "auto" and s2.mode == "crt" and bool(s2.reinit_classifier):
+        return "cosine_ldam"
+    raise ConfigError(f"stage2.loss={s2.loss} needs a normalised (cosine) head, but stage 2 ({s2.mode}) keeps the "
+                      f"stage-1 head ({stage1_head}); use stage2.mode=crt with model.head=auto, or "
+                      "model.head=cosine_ldam")
 
 
 def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 0.0,
@@ -377,55 +394,78 @@ def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 
 
 def adapt_loss_to_head(name: str, mapped: Dict[str, Any], head: Optional[nn.Module]) -> Dict[str, Any]:
     """LDAM on a cosine head (Cao et al. 2019: ``s * (cos - m_y)``): the head already multiplies
-    by s, so the loss uses scale 1 and margins ``s * m`` instead of scaling twice."""
+    by s, so the loss uses scale 1 and margins ``s * m`` instead of scaling twice. An LWS wrapper
+    (per-class scales on the head's logits) is looked through: the scale is still applied once."""
     from .heads import CosineMarginClassifier
     from .losses import LOSSES
+    from .stage2 import LWSClassifier
 
     if LOSSES.canonical(name) != "LDAMLoss":
         return mapped
-    if isinstance(head, CosineMarginClassifier):
-        s = float(head.scale)
-        out = dict(mapped)
-        out["max_margin"] = s * float(mapped.get("max_margin", 0.5))
-        out["scale"] = 1.0
-        log.info("LDAMLoss on the cosine head: loss = CE(%g * (cos - m_y)), margins up to %g", s,
-                 float(mapped.get("max_margin", 0.5)))
-        return out
-    log.info("LDAMLoss on a linear head scales raw logits by %s; Cao et al. use normalised features "
-             "(model.head=cosine_ldam)", mapped.get("scale", 30.0))
-    return mapped
+    base = head.head if isinstance(head, LWSClassifier) else head
+    if not isinstance(base, CosineMarginClassifier):
+        raise ConfigError(f"LDAMLoss needs the normalised (cosine) head of the official code, not "
+                          f"{type(base).__name__}; use model.head=auto or model.head=cosine_ldam")
+    s = float(base.scale)
+    out = dict(mapped)
+    out["max_margin"] = s * float(mapped.get("max_margin", 0.5))
+    out["scale"] = 1.0
+    log.info("LDAMLoss on the cosine head: loss = CE(%g * (cos - m_y)), margins up to %g", s,
+             float(mapped.get("max_margin", 0.5)))
+    return out
 
 
 def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
-               explicit: Optional[Dict[str, Any]] = None, head: Optional[nn.Module] = None) -> nn.Module:
+               explicit: Optional[Dict[str, Any]] = None, head: Optional[nn.Module] = None, *,
+               sampler: Any = None, epochs: int = 1, smoothing_key: str = "training.label_smoothing",
+               prior_key: str = "loss.prior") -> nn.Module:
     """``create_loss`` with the mapped config keys the loss accepts, plus ``explicit`` extras
     (``loss.params``), which must all be accepted. ``head``: the model's classifier, for losses
-    whose form depends on it (LDAM on a cosine head)."""
-    from .losses import LOSSES, create_loss
+    whose form depends on it (LDAM on a cosine head). ``sampler``: the stage's sampler, whose
+    per-epoch class distribution is the loss's prior with ``prior=sampled``. Label smoothing on
+    a loss that has none is refused (``smoothing_key`` names the key to change)."""
+    from .losses import LOSSES, CombinedLoss, create_loss, loss_accepts
+    from .samplers import sampling_prior
 
     cls = LOSSES.get(name)
+    canon = LOSSES.canonical(name)
     accepted = set(inspect.signature(cls).parameters)
     mapped = adapt_loss_to_head(name, mapped, head)
+    smoothing = float(mapped.get("label_smoothing", 0.0) or 0.0)
+    if smoothing > 0 and not loss_accepts(canon, "label_smoothing"):
+        raise ConfigError(f"{smoothing_key}={smoothing:g}: label smoothing is defined for the cross-entropy family "
+                          f"only, not for {canon}; set {smoothing_key}=0")
     kwargs = {k: v for k, v in mapped.items() if k in accepted}
     for k, v in (explicit or {}).items():
         if k not in accepted:
             valid = sorted(accepted - {"class_counts", "self"})
             raise ConfigError(f"loss {name} has no parameter {k!r}; its parameters: {', '.join(valid)}")
         kwargs[k] = v
+    if cls is CombinedLoss:
+        wanted = CombinedLoss.shared_keywords(kwargs.get("losses"))
+        kwargs["shared"] = {**{k: v for k, v in mapped.items() if k in wanted and k != "total_epochs"},
+                            **(kwargs.get("shared") or {})}
+    if kwargs.get("prior") == "sampled":
+        table = np.stack([sampling_prior(sampler, class_counts, e) for e in range(max(1, int(epochs)))])
+        kwargs["sampled_prior"] = table
+        log.info("%s: prior=sampled, the class distribution the sampler draws (%s)", canon,
+                 "per epoch" if sampler is not None else "no sampler: the training prior")
     return create_loss(name, class_counts=list(map(int, class_counts)), **kwargs)
 
 
 def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
-                  total_epochs: int, seed: int, num_classes: int, shard: bool = True) -> Any:
+                  total_epochs: int, seed: int, num_classes: int, shard: bool = True,
+                  drs_start: Optional[int] = None, drs_beta: Optional[float] = None) -> Any:
     """The stage's sampler; under torchrun (``shard``) each rank takes its slice of one global
     draw (``num_replicas``/``rank``), which keeps the class distribution exact."""
     from .samplers import make_sampler
 
     env = D.current()
     replicas, rank = (env.world_size, env.rank) if (shard and env.enabled) else (1, 0)
+    extra = {k: v for k, v in (("drs_start", drs_start), ("drs_beta", drs_beta)) if v is not None}
     return make_sampler(np.asarray(labels), name, alpha=float(alpha), alpha_start=float(alpha_start),
                         alpha_end=float(alpha_end), total_epochs=int(total_epochs), seed=int(seed),
-                        num_classes=int(num_classes), num_replicas=replicas, rank=rank)
+                        num_classes=int(num_classes), num_replicas=replicas, rank=rank, **extra)
 
 
 def make_loader(ds: Any, batch_size: int, device: torch.device, cfg: DictConfig, *, train: bool = False,
@@ -539,11 +579,17 @@ def run_stage1(ctx: RunContext) -> StageResult:
     data = ctx.data
     sampler = build_sampler(cfg.sampling.name, data.train.labels, alpha=cfg.sampling.alpha,
                             alpha_start=cfg.sampling.alpha_start, alpha_end=cfg.sampling.alpha_end,
-                            total_epochs=int(t.epochs), seed=int(cfg.seed), num_classes=data.num_classes)
+                            total_epochs=int(t.epochs), seed=int(cfg.seed), num_classes=data.num_classes,
+                            drs_start=cfg.sampling.drs_start, drs_beta=cfg.sampling.drs_beta)
     loss_fn = build_loss(cfg.loss.name, data.class_counts,
                          loss_kwargs(cfg.loss, label_smoothing=float(t.label_smoothing), total_epochs=int(t.epochs)),
-                         OmegaConf.to_container(cfg.loss.params, resolve=True), head=ctx.net.classifier)
+                         OmegaConf.to_container(cfg.loss.params, resolve=True), head=ctx.net.classifier,
+                         sampler=sampler, epochs=int(t.epochs))
     loss_fn = loss_fn.to(ctx.device)
+    for msg in recipe.stacked_corrections(stage=1, loss=loss_fn, loss_name=cfg.loss.name, sampler=sampler,
+                                          sampler_name=cfg.sampling.name, class_counts=data.class_counts,
+                                          epochs=int(t.epochs)):
+        log.warning("%s", msg)
     train_loader = make_loader(data.train, int(cfg.data.batch_size), ctx.device, cfg, train=True, sampler=sampler,
                                augment=build_augmentation(cfg), seed=int(cfg.seed))
     params = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -557,7 +603,7 @@ def run_stage1(ctx: RunContext) -> StageResult:
                              restart_period=int(s.restart_period), restart_mult=int(s.restart_mult))
     min_epochs = stage_min_epochs(cfg.early_stopping.min_epochs, stage=1, epochs=int(t.epochs),
                                   warmup=int(s.warmup_epochs) if s.name != "none" else 0, loss_fn=loss_fn,
-                                  sampler_name=cfg.sampling.name)
+                                  sampler_name=cfg.sampling.name, sampler=sampler)
     es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
                        patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta),
                        enabled=bool(cfg.early_stopping.enabled), min_epochs=min_epochs)
@@ -586,16 +632,19 @@ def plain_ce() -> nn.Module:
 
 
 def stage_min_epochs(setting: Any, *, stage: int, epochs: int, warmup: int, loss_fn: Any,
-                     sampler_name: str) -> int:
+                     sampler_name: str, sampler: Any = None) -> int:
     """The epoch after which early-stopping patience counts: ``setting`` when given, else the
-    last scheduled switch of the stage (the warm-up end, LDAM's DRW start, the end of a
-    progressive sampler or loss schedule)."""
+    last scheduled switch of the stage (the warm-up end, LDAM's DRW start, the DRS start, the end
+    of a progressive sampler or loss schedule)."""
     if setting is not None:
         return int(setting)
     switches = {"warm-up": warmup}
     drw = getattr(loss_fn, "drw_start", None)
     if drw is not None:
         switches["DRW start"] = int(drw)
+    drs = getattr(sampler, "drs_start", None)
+    if drs is not None:
+        switches["DRS start"] = int(drs)
     if str(sampler_name).startswith("progressive"):
         switches[f"end of the {sampler_name} schedule"] = epochs - 1
     if hasattr(loss_fn, "power_at"):  # ProgressiveLoss
@@ -616,12 +665,15 @@ def _schedule_state(sampler: Any, loss_fn: Any) -> Dict[str, Any]:
     return {"sampler_epoch": getattr(sampler, "epoch", None), "loss_epoch": getattr(loss_fn, "epoch", None)}
 
 
-def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Module] = None) -> nn.Module:
+def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Module] = None,
+                sampler: Any = None) -> nn.Module:
     s2 = cfg.stage2
     smoothing = s2.label_smoothing if s2.label_smoothing is not None else cfg.training.label_smoothing
     mapped = loss_kwargs(s2, fallback=cfg.loss, label_smoothing=float(smoothing), total_epochs=int(s2.epochs))
     explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if s2.loss == cfg.loss.name else {}
-    return build_loss(s2.loss, class_counts, mapped, explicit, head=head)
+    key = "stage2.label_smoothing" if s2.label_smoothing is not None else "training.label_smoothing (inherited by stage 2)"
+    return build_loss(s2.loss, class_counts, mapped, explicit, head=head, sampler=sampler, epochs=int(s2.epochs),
+                      smoothing_key=key, prior_key="stage2.prior")
 
 
 @torch.no_grad()
@@ -653,17 +705,29 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
     best1 = ctx.ckpt_dir / stage1_checkpoint_name(cfg)
     if ctx.is_main and not best1.exists():
         raise UserError(f"stage 2 needs stage 1's checkpoint, but {best1} does not exist")
+    new_head = stage2_head(cfg)
+    if new_head is not None:
+        from .models import swap_classifier
+
+        swap_classifier(ctx.net, new_head, class_counts=data.class_counts.tolist())
+        ctx.net.classifier.to(ctx.device)
+        log.info("stage 2: %s with model.head=auto: the re-initialised classifier is the normalised %s head",
+                 s2.loss, new_head)
     plan = make_stage2_plan(s2.mode, ctx.model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
-    loss_fn = stage2_loss(cfg, data.class_counts, head=ctx.net.classifier).to(ctx.device)
     epochs = int(s2.epochs)
     augment = build_augmentation(cfg)
     eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)
     use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None
     sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,
                             alpha_end=s2.alpha_end, total_epochs=epochs, seed=int(cfg.seed) + 1,
-                            num_classes=data.num_classes, shard=not use_cache)
+                            num_classes=data.num_classes, shard=not use_cache, drs_start=s2.drs_start,
+                            drs_beta=s2.drs_beta)
+    loss_fn = stage2_loss(cfg, data.class_counts, head=ctx.net.classifier, sampler=sampler).to(ctx.device)
+    for msg in recipe.stacked_corrections(stage=2, loss=loss_fn, loss_name=s2.loss, sampler=sampler,
+                                          sampler_name=s2.sampler, class_counts=data.class_counts, epochs=epochs):
+        log.warning("%s", msg)
     bs = int(cfg.data.batch_size)
     if D.is_enabled() and not use_cache:
         ctx.model = D.wrap_ddp(ctx.net, ctx.device)
@@ -688,7 +752,7 @@ def run_stage2(ctx: RunContext, stage1: Optional[Dict[str, Any]] = None) -> Stag
     schedule = EpochSchedule(optimizer, s2.scheduler, epochs=epochs, warmup_epochs=0,
                              plateau_mode=cfg.early_stopping.mode)
     min_epochs = stage_min_epochs(s2.min_epochs, stage=2, epochs=epochs, warmup=0, loss_fn=loss_fn,
-                                  sampler_name=s2.sampler)
+                                  sampler_name=s2.sampler, sampler=sampler)
     es = EarlyStopping(monitor=cfg.early_stopping.monitor, mode=cfg.early_stopping.mode,
                        patience=int(s2.patience if s2.patience is not None else cfg.early_stopping.patience),
                        min_delta=float(cfg.early_stopping.min_delta), enabled=bool(cfg.early_stopping.enabled),
@@ -997,6 +1061,12 @@ def _train(cfg: DictConfig, rdir: Path, point: Any, notes: List[str], t_start: f
     if env.enabled:
         log.info("distributed: %d processes (%s), global batch %d", env.world_size, env.backend,
                  D.per_rank_batch(int(cfg.data.batch_size), env) * env.world_size)
+    recipe.warn_unused_user_keys(cfg, _explicit_overrides())
+    posthoc = cfg.stage3.mode in ("logit_adjust", "both") or cfg.evaluation.eval_logit_adjust == "posthoc"
+    for msg in recipe.stacked_logit_adjustment(
+            head=recipe.resolve_head(cfg.model.head, cfg.loss.name),
+            loss_names=[cfg.loss.name] + ([cfg.stage2.loss] if cfg.stage2.enabled else []), posthoc=posthoc):
+        log.warning("%s", msg)
     seed_everything(int(cfg.seed))
     tune_allocator()
     device, gpu_ids = select_device(cfg.device, cfg.gpus)
