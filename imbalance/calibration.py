@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import heads
+from . import class_priors, heads
 from .engine import accuracy_and_macc
 from .errors import ConfigError
 from .stage2 import LWSClassifier
@@ -43,7 +43,7 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
     """``log pi_c`` of the training counts (float32); every class needs a sample."""
     counts = np.asarray(class_counts)
-    return heads.log_prior(counts, len(counts), "logit adjustment")
+    return class_priors.log_prior(counts, len(counts), "logit adjustment")
 
 
 def logit_adjust(logits: torch.Tensor, class_counts: Sequence[int], tau: float) -> torch.Tensor:

@@ -24,43 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .class_priors import as_counts, ldam_margins, log_prior  # noqa: F401  (re-exported)
 from .errors import ConfigError
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
 HEADS = Registry("head")
-
-
-def _as_counts(class_counts: Optional[Sequence[float]], num_classes: int, who: str) -> torch.Tensor:
-    """``class_counts`` as a float64 tensor of length ``num_classes`` with every count > 0."""
-    if class_counts is None:
-        raise ConfigError(f"{who} needs class_counts (the number of training samples per class)")
-    counts = torch.as_tensor(list(class_counts) if not torch.is_tensor(class_counts) else class_counts,
-                             dtype=torch.float64).flatten()
-    if counts.numel() != num_classes:
-        raise ConfigError(
-            f"{who}: class_counts has {counts.numel()} entries but the model has {num_classes} classes"
-        )
-    if not torch.isfinite(counts).all() or (counts <= 0).any():
-        bad = [i for i, c in enumerate(counts.tolist()) if not (math.isfinite(c) and c > 0)]
-        raise ConfigError(f"{who}: every class count must be > 0; classes {bad} have none")
-    return counts
-
-
-def log_prior(class_counts: Sequence[float], num_classes: int, who: str = "log prior") -> torch.Tensor:
-    """``log pi_c`` with ``pi_c = n_c / sum_j n_j`` (float32, length K)."""
-    counts = _as_counts(class_counts, num_classes, who)
-    return torch.log(counts / counts.sum()).float()
-
-
-def ldam_margins(class_counts: Sequence[float], num_classes: int, *, power: float = 0.25,
-                 max_margin: float = 0.5, who: str = "cosine_ldam") -> torch.Tensor:
-    """LDAM margins (Cao et al., NeurIPS 2019, eq. 13): ``m_c = C / n_c ** power``, with ``C``
-    chosen so that the largest margin (the rarest class) equals ``max_margin`` (float64)."""
-    counts = _as_counts(class_counts, num_classes, who)
-    m = counts.pow(-power)
-    return m * (max_margin / m.max())
 
 
 class CosineMarginClassifier(nn.Module):

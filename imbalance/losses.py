@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import class_priors
 from .errors import ConfigError, UnknownNameError
 from .registry import Registry
 
@@ -135,26 +136,19 @@ def _check_epochs(total_epochs: Any) -> int:
 
 
 def effective_number_weights(class_counts: CountsLike, beta: float) -> np.ndarray:
-    """Cui et al. 2019: ``w_c = (1 - beta) / (1 - beta ** n_c)``, normalised to sum to K.
+    """Cui et al. 2019: ``w_c = (1 - beta) / (1 - beta ** n_c)``, normalised to sum to K
+    (:func:`imbalance.class_priors.effective_number_weights`, with this module's checks).
 
     ``beta = 0`` gives uniform weights; ``beta -> 1`` approaches ``1 / n_c``.
     """
     n = _counts(class_counts, "effective-number weights")
-    b = _check_beta(beta, "class-balanced")
-    if b == 0.0:
-        w = np.ones_like(n)
-    else:
-        # 1 - beta**n computed as -expm1(n log beta) for precision at beta close to 1.
-        w = (1.0 - b) / (-np.expm1(n * math.log(b)))
-    return _normalise(w, "effective-number weights")
+    return class_priors.effective_number_weights(n, _check_beta(beta, "class-balanced"))
 
 
 def ldam_margins(class_counts: CountsLike, max_margin: float = 0.5) -> np.ndarray:
     """Cao et al. 2019: ``m_c ∝ n_c ** (-1/4)``, scaled so that the largest margin is ``max_margin``."""
-    from .heads import ldam_margins as margins
-
     n = _counts(class_counts, "LDAMLoss")
-    return margins(n, len(n), max_margin=float(max_margin), who="LDAMLoss").numpy()
+    return class_priors.ldam_margins(n, len(n), max_margin=float(max_margin), who="LDAMLoss").numpy()
 
 
 def _manual_matrix(cost_matrix: Any, k: Optional[int], what: str) -> np.ndarray:

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .heads import HEADS, head_linear, log_prior, CosineMarginClassifier  # noqa: F401
+from .class_priors import log_prior
+from .heads import HEADS, head_linear, CosineMarginClassifier  # noqa: F401
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
