@@ -23,26 +23,31 @@ on the seed's data (2 I/Q channels, 4800 samples):
 
 Models (``model.name``); params and GFLOPs per sample at 10 classes, 2 x 4800 input, full size:
 
-=========================  ===========================================================  =======  ======
-name                       architecture at full size (``width``/``depth`` null)           params   GFLOPs
-=========================  ===========================================================  =======  ======
-ConvNetADSB                8 blocks, 50-100-150-200-300-350-350-350 ch, kernels 15-11-7-  5.85 M   0.76
-                           5-5-5-7-7, max-pools 4-3-2-2-2-2-2, channel attention, global
-                           max pool (:class:`ConvNetADSBBackbone`)
-ResNet1D                   stem (k7 s2, max-pool 3/2) + 4 stages x 2 basic blocks,      0.97 M   0.34
-                           32-64-128-256 ch, strides 1-2-2-2; global average pool
-DilatedTCN                 k3 projection + 4 residual levels, 64 ch, dilation 1-2-4-8;   0.10 M   0.95
-                           no down-sampling; global average pool
-FrequencyDomainExpert      spectral front end (Hann, |FFT|^2, log1p) -> ConvNetADSB      5.85 M   0.76
-ResNetFrequencyExpert      spectral front end -> ResNet1D with base 16                  0.24 M   0.09
-MixtureOfExpertsConvNet    softmax gate over ConvNetADSB, DilatedTCN, FrequencyDomain-  11.8 M   2.47
-                           Expert; logits mixed per sample (:class:`MixtureOfExperts`)
-MixtureOfExpertsResNet     softmax gate over ResNet1D (32), DilatedTCN, ResNetFrequency-  1.32 M  1.38
-                           Expert (16)
-ConvNetSE                  this project's earlier ConvNetADSB: ``depth`` identical      2.74 M   3.52
-                           blocks [conv k3 - norm - ReLU - SE - max-pool /2] x ``width``
-                           (8 x 350), global average pool (not an origin model)
-=========================  ===========================================================  =======  ======
+=========================  ===================================================================  =======  ======
+name                       architecture at full size (``width``/``depth`` null)                  params  GFLOPs
+=========================  ===================================================================  =======  ======
+ConvNetADSB                8 blocks, 50-100-150-200-300-350-350-350 channels, kernels            5.85 M    0.76
+                           15-11-7-5-5-5-7-7 (blocks 4-8: two convs), max-pools 4-3-2-2-2-2-2,
+                           channel attention, global max pool (:class:`ConvNetADSBBackbone`)
+ResNet1D                   stem (conv k7 s2, max-pool 3/2) + 4 stages x 2 basic blocks,          0.97 M    0.41
+                           32-64-128-256 channels, strides 1-2-2-2, global average pool
+DilatedTCN                 conv k3 projection + 4 residual levels, 64 channels, dilation         0.10 M    0.95
+                           1-2-4-8, no down-sampling, global average pool
+FrequencyDomainExpert      spectral front end (Hann, FFT, log(1 + |X|^2)) -> ConvNetADSB         5.85 M    0.76
+ResNetFrequencyExpert      spectral front end -> ResNet1D with base 16                           0.25 M    0.10
+MixtureOfExpertsConvNet    softmax gate over ConvNetADSB, DilatedTCN and                         11.8 M    2.47
+                           FrequencyDomainExpert, logits mixed per sample
+                           (:class:`MixtureOfExperts`)
+MixtureOfExpertsResNet     softmax gate over ResNet1D (base 32), DilatedTCN and                  1.33 M    1.46
+                           ResNetFrequencyExpert (base 16)
+ConvNetSE                  not an origin model: this project's earlier ConvNetADSB, ``depth``    2.70 M    3.52
+                           blocks [conv k3 - norm - ReLU - SE - max-pool /2] of ``width``
+                           channels (8 x 350), global average pool
+=========================  ===================================================================  =======  ======
+
+At the CPU demo's size (``width=32, depth=4``, 2 x 1024 samples, 10 classes) ConvNetADSB has
+14.0 k parameters and 2.4 MFLOPs per sample, ConvNetSE 11.2 k and 5.9 MFLOPs; one fp32 forward +
+backward of a batch of 128 takes about 4x less time with ConvNetADSB (1 thread; bench_models.py).
 
 ``width`` and ``depth`` (``None``: the full size above) scale the origin plans:
 
@@ -579,9 +584,8 @@ def _head_init_(linear: nn.Linear, kind: str, columns: slice = slice(None),
 class SignalModel(nn.Module):
     """Base class: input check, feature dropout and the ``classifier`` head.
 
-    Subclasses build ``self.backbone`` (a module mapping ``(B, C, L)`` to ``(B, D)`` with
-    attributes ``out_dim``, ``head_init`` and ``init_weights()``) between ``super().__init__``
-    and ``self._finish(self.backbone)``.
+    Subclasses pass ``_finish`` their backbone (a module mapping ``(B, C, L)`` to ``(B, D)`` with
+    attributes ``out_dim``, ``head_init`` and ``init_weights()``), which becomes ``self.trunk``.
     """
 
     min_length: int = MIN_LENGTH
@@ -599,7 +603,7 @@ class SignalModel(nn.Module):
 
     def _finish(self, backbone: Optional[nn.Module], feature_dim: Optional[int] = None) -> None:
         if backbone is not None:
-            self.backbone = backbone
+            self.trunk = backbone
         self.feature_dim = int(backbone.out_dim if feature_dim is None else feature_dim)
         self.dropout = nn.Dropout(self.dropout_rate)
         self.classifier: nn.Module = nn.Linear(self.feature_dim, self.num_classes)
@@ -609,10 +613,10 @@ class SignalModel(nn.Module):
         """The model's own initialisation (the origin's): the backbone's, then the head's
         (``N(0, 0.01)`` weights and zero bias after a ResNet1D / DilatedTCN backbone, PyTorch's
         ``nn.Linear`` default otherwise). Called at construction and by ``init='default'``."""
-        self.backbone.init_weights()
+        self.trunk.init_weights()
         lin = head_linear(self.classifier)
         if lin is not None:
-            _head_init_(lin, self.backbone.head_init)
+            _head_init_(lin, self.trunk.head_init)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise DataError unless ``x`` is ``(B, in_channels, L)`` with ``L >= min_length``."""
@@ -629,7 +633,7 @@ class SignalModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.dropout(self.backbone(x))
+        return self.dropout(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
@@ -677,12 +681,15 @@ class ConvNetADSB(SignalModel):
 
 @MODELS.register("ConvNetSE", aliases=("convnet_se",))
 class ConvNetSE(SignalModel):
-    """This project's earlier "ConvNetADSB" (not an origin network): ``depth`` blocks (default 8)
-    of [conv(k) - norm - ReLU - SE (use_attention) - max-pool /2 (adaptive)], all ``width``
-    channels wide (default 350); global average pooling; dropout; linear head. At full size 2.7 M
-    parameters and 3.5 GFLOPs per 2 x 4800 sample (4.6x the origin's FLOPs: 350 channels while
-    the signal is still long); at the demo size (width 32, depth 4) it has a larger receptive
-    field per FLOP than a scaled origin plan (see BENCHMARKS.md / bench_models.py)."""
+    """This project's earlier "ConvNetADSB" (not an origin network), kept under its own name for
+    results and checkpoints made with it: ``depth`` blocks (default 8) of [conv(k) - norm - ReLU -
+    SE (use_attention) - max-pool /2 (adaptive)], all ``width`` channels wide (default 350);
+    global average pooling; dropout; linear head. Where it differs from the origin ConvNetADSB:
+    fewer parameters (2.70 M vs 5.85 M at full size) but 4.6x the FLOPs (3.52 vs 0.76 G per
+    2 x 4800 sample: 350 channels while the signal is still long); at the demo size (width 32,
+    depth 4, 1024 samples) 11.2 k vs 14.0 k parameters, 5.9 vs 2.4 MFLOPs, about 4x slower per
+    training step, and lower test mAcc on the built-in data after 30 epochs (41.2 / 43.7% vs
+    50.2 / 62.7%, seeds 42 / 43)."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,

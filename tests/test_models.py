@@ -247,7 +247,7 @@ def test_convnet_adsb_parameters_and_flops_equal_the_origin_table():
 
 def test_convnet_adsb_layers_are_the_origin_plan():
     model = create_model("ConvNetADSB", 10, norm_kind="bn")
-    layers = list(model.backbone.features)
+    layers = list(model.trunk.features)
     got, i = [], 0
     for convs, pool in ORIGIN_CONVNET:
         for cin, cout, k in convs:
@@ -262,17 +262,17 @@ def test_convnet_adsb_layers_are_the_origin_plan():
             i += 1
     assert i == len(layers)
     assert got == [c for convs, _ in ORIGIN_CONVNET for c in convs]
-    assert isinstance(model.backbone.attention, ChannelAttention) and model.feature_dim == 350
+    assert isinstance(model.trunk.attention, ChannelAttention) and model.feature_dim == 350
     # 4800 samples reach block 8 as 12 (4800/4/3/2/2/2/2 = 25, //2 = 12): nothing is skipped.
     with torch.no_grad():
-        assert model.backbone.features.eval()(torch.randn(1, 2, 4800)).shape == (1, 350, 12)
+        assert model.trunk.features.eval()(torch.randn(1, 2, 4800)).shape == (1, 350, 12)
 
 
 def test_convnet_adsb_pools_globally_by_max_after_the_attention():
     model = small("ConvNetADSB", use_attention=True).eval()
     x = torch.randn(3, 2, 200)
     with torch.no_grad():
-        fmap = model.backbone.attention(model.backbone.features(x))
+        fmap = model.trunk.attention(model.trunk.features(x))
         assert torch.equal(model.forward_features(x), fmap.amax(dim=-1))
 
 
@@ -339,7 +339,7 @@ def _resnet_params(cin, base, stages, num_classes, attention=True):
 def test_resnet1d_is_the_origin_network():
     model = create_model("ResNet1D", 10)
     assert sum(p.numel() for p in model.parameters()) == _resnet_params(2, 32, 4, 10)
-    bb = model.backbone
+    bb = model.trunk
     stem = bb.stem[0]
     assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding) == (2, 32, (7,), (2,), (3,))
     assert (bb.stem[3].kernel_size, bb.stem[3].stride, bb.stem[3].padding) == (3, 2, 1)
@@ -368,18 +368,18 @@ def test_resnet1d_is_the_origin_network():
 
 def test_dilated_tcn_is_the_origin_network():
     model = create_model("DilatedTCN", 10)
-    proj = model.backbone.proj[0]
+    proj = model.trunk.proj[0]
     assert (proj.in_channels, proj.out_channels, proj.kernel_size, proj.padding) == (2, 64, (3,), (1,))
-    convs = [(blk.block[0], blk.block[3]) for blk in model.backbone.blocks]
+    convs = [(blk.block[0], blk.block[3]) for blk in model.trunk.blocks]
     assert [c.dilation[0] for pair in convs for c in pair] == [1, 1, 2, 2, 4, 4, 8, 8]
     assert all(c.padding == c.dilation and c.kernel_size == (3,) for pair in convs for c in pair)
     want = 2 * 64 * 3 + 128 + 4 * (2 * 64 * 64 * 3 + 4 * 64) + 2 * 64 * 4 + 64 * 10 + 10
     assert sum(p.numel() for p in model.parameters()) == want
     x = torch.randn(2, 2, 100)
-    blk = model.backbone.blocks[0].eval()
+    blk = model.trunk.blocks[0].eval()
     with torch.no_grad():
         assert torch.equal(blk(x.new_ones(2, 64, 30)), F.relu(1 + blk.block(x.new_ones(2, 64, 30))))
-    assert [b.block[0].dilation[0] for b in create_model("DilatedTCN", 3, width=8, depth=5).backbone.blocks] == \
+    assert [b.block[0].dilation[0] for b in create_model("DilatedTCN", 3, width=8, depth=5).trunk.blocks] == \
         [1, 2, 4, 8, 16]
 
 
@@ -387,7 +387,7 @@ def test_dilated_tcn_is_the_origin_network():
 def test_origin_kaiming_fan_out_and_normal_head_init(name):
     torch.manual_seed(0)
     model = create_model(name, 50, width=64, depth=3)
-    convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv1d) and m.weight.numel() > 5000]
+    convs = [m for m in model.trunk.modules() if isinstance(m, nn.Conv1d) and m.weight.numel() > 5000]
     assert convs
     for conv in convs:
         fan_out = conv.out_channels * conv.kernel_size[0]
@@ -485,7 +485,7 @@ def test_frequency_expert_is_the_convnet_on_the_spectrum():
     x = torch.randn(2, 2, 128)
     with torch.no_grad():
         spec = SpectralFrontEnd(in_channels=2, mode="magphase")(x)
-        assert torch.equal(model.forward_features(x), model.backbone.backbone(spec))
+        assert torch.equal(model.forward_features(x), model.trunk.backbone(spec))
     # Without a window, |FFT|^2 ignores circular time shifts, so the expert's output does too.
     plain = small("FrequencyDomainExpert", spectral_window=None).eval()
     with torch.no_grad():
@@ -497,7 +497,7 @@ def test_frequency_expert_is_the_convnet_on_the_spectrum():
 @pytest.mark.parametrize("name", MOE)
 def test_mixture_equals_the_origin_sum_of_gated_expert_logits(name):
     model = small(name).eval()
-    assert model.names == ["time", "tcn", "freq"]
+    assert isinstance(model, MixtureOfExperts) and model.names == ["time", "tcn", "freq"]
     x = torch.randn(3, 2, 64)
     with torch.no_grad():
         out = model(x)
@@ -602,6 +602,10 @@ def test_convnet_se_default_is_8_blocks_of_350_channels():
     se = 350 * 21 + 21 + 21 * 350 + 350
     expected = 2 * 350 * 3 + 7 * 350 * 350 * 3 + 8 * 2 * 350 + 8 * se + 350 * 100 + 100
     assert sum(p.numel() for p in model.parameters()) == expected
+    # The state-dict keys of this project's earlier ConvNetADSB, so its checkpoints load here.
+    keys = set(model.state_dict())
+    assert {"trunk.blocks.0.conv.weight", "trunk.blocks.7.se.fc2.bias", "trunk.blocks.7.norm.running_var",
+            "classifier.weight"} <= keys
 
 
 def test_squeeze_excite_matches_formula():
