@@ -3,6 +3,12 @@
     python bench/bench_models.py --quick              # demo size only (batch 128, length 1024)
     python bench/bench_models.py --threads 2          # demo size and the seed's full size
                                                       # (batch 64, length 4800): slow, minutes
+    python bench/bench_models.py --quick --no-bf16 --models ConvNetADSB ConvNetSE
+
+Covers every registered model: the seven origin networks (``create_model`` defaults =
+ORIGIN_MODELS.md) and the variants (ConvNetSE, this project's earlier ConvNetADSB). Demo size:
+the width/depth of ``DEMO_KW`` (what the CPU demo config uses for ConvNet-style models:
+width 32, depth 4; ResNet-style: width 16, depth 3), 10 classes by default.
 
 Baseline: fp32. Measured: bf16 autocast (``torch.autocast('cpu', dtype=torch.bfloat16)``).
 One timed step = forward, cross-entropy, backward (no optimizer step); the median of
@@ -28,12 +34,13 @@ from imbalance.models import MODELS, create_model, model_complexity  # noqa: E40
 # Demo-size settings (what a CPU demo config would use); full size = create_model defaults.
 DEMO_KW = {
     "ConvNetADSB": dict(width=32, depth=4),
+    "ConvNetSE": dict(width=32, depth=4),
     "ResNet1D": dict(width=16, depth=3),
     "DilatedTCN": dict(width=32, depth=4),
     "FrequencyDomainExpert": dict(width=32, depth=4),
     "ResNetFrequencyExpert": dict(width=16, depth=3),
-    "MixtureOfExpertsConvNet": dict(width=32, depth=4, expert_dim=64),
-    "MixtureOfExpertsResNet": dict(width=16, depth=3, expert_dim=64),
+    "MixtureOfExpertsConvNet": dict(width=32, depth=4),
+    "MixtureOfExpertsResNet": dict(width=16, depth=3),
 }
 SIZES = {"demo": dict(batch=128, length=1024), "full": dict(batch=64, length=4800)}
 
@@ -60,7 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="*", default=None, help="subset of model names")
-    ap.add_argument("--num-classes", type=int, default=100)
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--no-bf16", action="store_true", help="fp32 only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -80,8 +88,8 @@ def main() -> None:
             y = torch.randint(0, args.num_classes, (b,))
             reps = args.repeats if size == "demo" else max(2, args.repeats // 2)
             t32 = step_time(model, x, y, False, reps)
-            t16 = step_time(model, x, y, True, reps)
-            print(f"| {name} | {size} | {b} x {n} | {cx['params'] / 1e6:.3f} | "
+            t16 = float("nan") if args.no_bf16 else step_time(model, x, y, True, reps)
+            print(f"| {name} | {size} | {b} x {n} | {cx['params'] / 1e6:.4f} | "
                   f"{cx['flops_per_sample'] / 1e9:.4f} | {t32:.1f} | {t16:.1f} | {t16 / t32:.2f} |",
                   flush=True)
 

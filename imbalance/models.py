@@ -4,37 +4,73 @@ Contract (DESIGN.md): every model takes ``x`` of shape ``(B, C, L)`` with any ``
 (``in_channels``: 2 for I/Q, 1 for real signals, 12 for multichannel sensors) and any
 ``L >= 16`` and has
 
-* ``forward_features(x) -> (B, D)``: the backbone, global average pooling and dropout;
+* ``forward_features(x) -> (B, D)``: the backbone, global pooling and dropout;
 * ``classifier``: the head, ``nn.Linear(D, K)`` unless :func:`swap_classifier` replaced it;
 * ``forward(x) == classifier(forward_features(x))`` (exactly, in eval mode);
 * attributes ``in_channels``, ``num_classes``, ``feature_dim`` (= D) and ``min_length`` (16).
 
-Downsampling adapts to the signal: every pooling step halves the length only while the result
-keeps at least ``4`` samples, so a 16-sample sensor signal and a 4800-sample radio burst go
-through the same network (a short signal simply skips the late pooling steps).
+The seven models SEED.md names are, with ``width=None, depth=None`` (config ``model.width`` /
+``model.depth: null``), exactly the networks of the codebase SEED.md documents
+(``ORIGIN_MODELS.md``): same layers, kernels, strides, paddings, pools, channel attention,
+global pooling and initialisation. Two things are generalised, and neither changes a network
+on the seed's data (2 I/Q channels, 4800 samples):
 
-Models (``model.name``):
+* any ``C``: the first convolution (and the gate's) takes ``C`` channels instead of 2; the
+  spectral front end treats 2 channels as I + jQ and other counts as real signals;
+* any ``L >= 16``: a down-sampling step (max-pool or strided convolution) is skipped when it
+  would leave fewer than ``4`` samples (:data:`MIN_POOLED_LENGTH`), so a 16-sample sensor
+  signal and a 4800-sample burst go through the same network. At L = 4800 nothing is skipped.
 
-=========================  ==========================================================  ==================
-name                       architecture                                                full size default
-=========================  ==========================================================  ==================
-ConvNetADSB                ``depth`` blocks [conv k3 - norm - ReLU - SE - maxpool/2]    8 blocks x 350 ch
-ResNet1D                   stem + ``depth`` (2..5) stages of basic residual blocks      4 stages, 64 ch
-DilatedTCN                 stem + ``depth`` residual dilated-conv levels (d = 2^i)      8 levels, 64 ch
-FrequencyDomainExpert      log|FFT| spectrum -> ConvNet trunk                          6 blocks x 128 ch
-ResNetFrequencyExpert      log|FFT| spectrum -> ResNet trunk                           4 stages, 64 ch
-MixtureOfExpertsConvNet    gated mix of time-ConvNet, frequency-ConvNet, TCN experts   128/128/64 ch
-MixtureOfExpertsResNet     gated mix of time-ResNet, frequency-ResNet, TCN experts     64 ch, 4 stages
-=========================  ==========================================================  ==================
+Models (``model.name``); params and GFLOPs per sample at 10 classes, 2 x 4800 input, full size:
 
-``width`` is the base channel count and ``depth`` the number of blocks / stages / levels (for
-a mixture of experts: of every expert); ``None`` means the full size above.
+=========================  ===================================================================  =======  ======
+name                       architecture at full size (``width``/``depth`` null)                  params  GFLOPs
+=========================  ===================================================================  =======  ======
+ConvNetADSB                8 blocks, 50-100-150-200-300-350-350-350 channels, kernels            5.85 M    0.76
+                           15-11-7-5-5-5-7-7 (blocks 4-8: two convs), max-pools 4-3-2-2-2-2-2,
+                           channel attention, global max pool (:class:`ConvNetADSBBackbone`)
+ResNet1D                   stem (conv k7 s2, max-pool 3/2) + 4 stages x 2 basic blocks,          0.97 M    0.41
+                           32-64-128-256 channels, strides 1-2-2-2, global average pool
+DilatedTCN                 conv k3 projection + 4 residual levels, 64 channels, dilation         0.10 M    0.95
+                           1-2-4-8, no down-sampling, global average pool
+FrequencyDomainExpert      spectral front end (Hann, FFT, log(1 + |X|^2)) -> ConvNetADSB         5.85 M    0.76
+ResNetFrequencyExpert      spectral front end -> ResNet1D with base 16                           0.25 M    0.10
+MixtureOfExpertsConvNet    softmax gate over ConvNetADSB, DilatedTCN and                         11.8 M    2.47
+                           FrequencyDomainExpert, logits mixed per sample
+                           (:class:`MixtureOfExperts`)
+MixtureOfExpertsResNet     softmax gate over ResNet1D (base 32), DilatedTCN and                  1.33 M    1.46
+                           ResNetFrequencyExpert (base 16)
+ConvNetSE                  not an origin model: this project's earlier ConvNetADSB, ``depth``    2.70 M    3.52
+                           blocks [conv k3 - norm - ReLU - SE - max-pool /2] of ``width``
+                           channels (8 x 350), global average pool
+=========================  ===================================================================  =======  ======
+
+At the CPU demo's size (``width=32, depth=4``, 2 x 1024 samples, 10 classes) ConvNetADSB has
+14.0 k parameters and 2.4 MFLOPs per sample, ConvNetSE 11.2 k and 5.9 MFLOPs; one fp32 forward +
+backward of a batch of 128 takes about 4x less time with ConvNetADSB (1 thread; bench_models.py).
+
+``width`` and ``depth`` (``None``: the full size above) scale the origin plans:
+
+* ConvNetADSB / FrequencyDomainExpert: ``depth`` = how many of the 8 blocks (1..8, the first
+  ones; the last block built has no pool, as block 8 has none: a max-pool right before the
+  global max pool changes nothing but the trailing samples it truncates); ``width`` = the
+  widest channel count of the network built (350 at full size), every block's channels scaled
+  by the same factor (``round(c * width / widest)``, at least 1). E.g. ``width=32, depth=4``:
+  blocks 8-16-24-32 ch (block 4 has two convolutions), 1 + 1 + 1 + 2 convolutions.
+* ResNet1D / ResNetFrequencyExpert: ``width`` = the base channel count (32 / 16; stage ``i``
+  has ``width * 2**i``), ``depth`` = the number of stages (2..5; 4 at full size; stages after
+  the first stride 2); ``blocks_per_stage`` (2) is a model option.
+* DilatedTCN: ``width`` = channels (64), ``depth`` = residual levels (4; dilation ``2**i``).
+* Mixtures of experts: ``width``/``depth`` are passed to every expert in that expert's own
+  meaning (e.g. ``width=32``: ConvNet experts 32 ch at the widest, TCN 32 ch, ResNet bases 32);
+  ``None`` keeps every expert at its origin size.
 
 Normalisation (``norm_kind``): ``bn`` BatchNorm1d; ``gn`` GroupNorm (the largest divisor of the
-channel count that is <= 32 and leaves >= 4 channels per group); ``ln`` GroupNorm with one group
-(layer norm over channels and time of each sample); ``auto``: GroupNorm when the per-device
-batch is known and smaller than :data:`AUTO_GN_BATCH` (16; batch statistics of fewer samples are
-too noisy, Wu & He 2018), else BatchNorm.
+channel count that is <= 32 and leaves >= 4 channels per group; the origin uses
+``min(8, C)`` groups); ``ln`` GroupNorm with one group (layer norm over channels and time of
+each sample); ``auto``: GroupNorm when the per-device batch is known and smaller than
+:data:`AUTO_GN_BATCH` (16; batch statistics of fewer samples are too noisy, Wu & He 2018), else
+BatchNorm (the origin's ``auto`` is always BatchNorm).
 """
 from __future__ import annotations
 
@@ -42,7 +78,7 @@ import inspect
 import logging
 import math
 import numbers
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +97,13 @@ INITS = Registry("init")
 MIN_LENGTH = 16
 """Shortest signal every model accepts."""
 MIN_POOLED_LENGTH = 4
-"""A pooling step is skipped when it would leave fewer samples than this."""
+"""A down-sampling step (pool or strided convolution) is skipped when it would leave fewer
+samples than this."""
 AUTO_GN_BATCH = 16
 """``norm_kind='auto'`` picks GroupNorm when the per-device batch is below this."""
 NORM_KINDS = ("auto", "bn", "gn", "ln")
+SPECTRAL_MODES = ("powerlog", "ri", "magphase")
+SPECTRAL_WINDOWS = ("hann", None)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -98,6 +137,331 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
+def _conv_out_length(length: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (length + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def _pairs_max(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``max_pool1d(x, k)`` (stride k, no padding) as a reshape and a max: the same values and
+    gradients (to the first arg-max, as max_pool1d), but its backward is one scatter instead of
+    oneDNN's slow pooling backward on the CPU."""
+    n = x.shape[-1] // k
+    return x[..., : k * n].unflatten(-1, (n, k)).max(-1).values
+
+
+class SkipMaxPool1d(nn.Module):
+    """``nn.MaxPool1d(kernel_size, stride, padding)``, skipped (identity) when its output would
+    be shorter than ``min_length`` samples."""
+
+    def __init__(self, kernel_size: int, stride: Optional[int] = None, padding: int = 0,
+                 min_length: int = MIN_POOLED_LENGTH) -> None:
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+        self.stride = int(kernel_size if stride is None else stride)
+        self.padding = int(padding)
+        self.min_length = int(min_length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if _conv_out_length(x.shape[-1], k, s, p) < self.min_length:
+            return x
+        if k == s and p == 0 and torch.is_grad_enabled() and x.requires_grad:
+            return _pairs_max(x, k)
+        return F.max_pool1d(x, k, s, p)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"min_length={self.min_length}")
+
+
+class SkipStrideConv1d(nn.Conv1d):
+    """``nn.Conv1d`` whose stride falls back to 1 when the strided output would be shorter than
+    :data:`MIN_POOLED_LENGTH` samples (same weights; only short signals are affected)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        if s > 1 and _conv_out_length(x.shape[-1], k, s, p, d) < MIN_POOLED_LENGTH:
+            return F.conv1d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
+        return super().forward(x)
+
+
+class ChannelAttention(nn.Module):
+    """CBAM channel attention (Woo et al., ECCV 2018), as the origin codebase applies it once
+    after a backbone's last block: a shared MLP (1x1 conv C -> max(1, C // reduction), ReLU,
+    1x1 conv back to C, no biases) on the global average pool and on the global max pool of the
+    map; the two outputs are summed, passed through a sigmoid and scale the channels:
+    ``x * sigmoid(MLP(avg_t x) + MLP(max_t x))``."""
+
+    def __init__(self, *, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv1d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+                                 nn.Conv1d(hidden, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=-1, keepdim=True))
+        mx = self.mlp(x.amax(dim=-1, keepdim=True))
+        return x * torch.sigmoid(avg + mx)
+
+
+def _kaiming_fan_out_(module: nn.Module) -> None:
+    """The origin ResNet1D / DilatedTCN / gate initialisation of convolutions: Kaiming normal,
+    fan_out, ReLU gain."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _normal_linear_(module: nn.Module, std: float = 0.01) -> None:
+    """The origin's linear initialisation: weights N(0, std), bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- origin backbones
+CONVNET_ADSB_PLAN: Tuple[Tuple[int, int, int, Optional[int]], ...] = (
+    (50, 15, 1, 4), (100, 11, 1, 3), (150, 7, 1, 2), (200, 5, 2, 2),
+    (300, 5, 2, 2), (350, 5, 2, 2), (350, 7, 2, 2), (350, 7, 2, None),
+)
+"""The origin ConvNetADSB, one row per block: (channels, kernel, convolutions, max-pool)."""
+
+
+def convnet_adsb_plan(width: Optional[int] = None, depth: Optional[int] = None
+                      ) -> List[Tuple[int, int, int, Optional[int]]]:
+    """The block plan of :class:`ConvNetADSBBackbone` for ``width``/``depth`` (see the module
+    docstring): the first ``depth`` origin blocks, channels scaled so that the widest is
+    ``width``, no pool after the last block."""
+    depth = len(CONVNET_ADSB_PLAN) if depth is None else int(depth)
+    rows = CONVNET_ADSB_PLAN[:depth]
+    widest = max(c for c, _, _, _ in rows)
+    width = widest if width is None else int(width)
+    out = [(max(1, int(c * width / widest + 0.5)), k, n, pool) for c, k, n, pool in rows]
+    c, k, n, _ = out[-1]
+    out[-1] = (c, k, n, None)
+    return out
+
+
+class ConvNetADSBBackbone(nn.Module):
+    """The origin ConvNetADSB without its head: blocks of [conv(k, padding k//2, no bias) -
+    norm - ReLU] x 1 or 2, then max-pool (:data:`CONVNET_ADSB_PLAN`); channel attention
+    (optional) once after the last block; global MAX pooling -> ``(B, out_dim)``.
+
+    ``features`` is one ``nn.Sequential`` in the origin's order (conv, norm, ReLU, ..., pool)."""
+
+    head_init = "default"
+
+    def __init__(self, *, in_channels: int, width: Optional[int], depth: Optional[int], norm: str,
+                 attention: bool) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        cin = in_channels
+        for c, k, n, pool in convnet_adsb_plan(width, depth):
+            for _ in range(n):
+                layers += [nn.Conv1d(cin, c, k, padding=k // 2, bias=False), make_norm(norm, c),
+                           nn.ReLU(inplace=True)]
+                cin = c
+            if pool is not None:
+                layers.append(SkipMaxPool1d(pool))
+        self.features = nn.Sequential(*layers)
+        self.attention = ChannelAttention(channels=cin) if attention else None
+        self.out_dim = cin
+
+    def init_weights(self) -> None:
+        """The origin leaves PyTorch's initialisation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        return h.max(dim=-1).values
+
+
+class BasicBlock1D(nn.Module):
+    """Residual basic block (He et al., CVPR 2016) as the origin writes it: conv k3 (stride s) -
+    norm - ReLU - conv k3 - norm, plus the shortcut (1x1 conv with stride s + norm when the
+    stride or the channel count changes), then ReLU. The strides fall back to 1 together on a
+    signal too short for them (:class:`SkipStrideConv1d`)."""
+
+    def __init__(self, *, cin: int, cout: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = SkipStrideConv1d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_norm(norm, cout)
+        self.conv2 = nn.Conv1d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = make_norm(norm, cout)
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(SkipStrideConv1d(cin, cout, 1, stride=stride, bias=False),
+                                            make_norm(norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNet1DBackbone(nn.Module):
+    """The origin ResNet1D without its head: stem conv(k7, stride 2, padding 3) - norm - ReLU -
+    max-pool(3, stride 2, padding 1); ``stages`` stages (``layer1``..) of ``blocks_per_stage``
+    basic blocks with ``base * 2**i`` channels, the first block of every stage after the first
+    with stride 2; channel attention (optional); global AVERAGE pooling. Convolutions Kaiming
+    normal (fan_out, ReLU) as the origin initialises them."""
+
+    head_init = "normal"
+
+    def __init__(self, *, in_channels: int, base: int, stages: int, blocks_per_stage: int,
+                 norm: str, attention: bool) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            SkipStrideConv1d(in_channels, base, 7, stride=2, padding=3, bias=False), make_norm(norm, base),
+            nn.ReLU(inplace=True), SkipMaxPool1d(3, stride=2, padding=1))
+        self.stage_names: List[str] = []
+        cin = base
+        for i in range(stages):
+            cout = base * 2 ** i
+            blocks = [BasicBlock1D(cin=cin, cout=cout, stride=1 if i == 0 else 2, norm=norm)]
+            blocks += [BasicBlock1D(cin=cout, cout=cout, stride=1, norm=norm) for _ in range(blocks_per_stage - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.stage_names.append(f"layer{i + 1}")
+            cin = cout
+        self.attention = ChannelAttention(channels=cin) if attention else None
+        self.out_dim = cin
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _kaiming_fan_out_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for name in self.stage_names:
+            h = getattr(self, name)(h)
+        if self.attention is not None:
+            h = self.attention(h)
+        return h.mean(dim=-1)
+
+
+class DilatedTCNBlock(nn.Module):
+    """Residual dilated level of the origin DilatedTCN: conv(k3, dilation d, padding d) - norm -
+    ReLU - conv(k3, d) - norm, output ``ReLU(x + block(x))``."""
+
+    def __init__(self, *, channels: int, dilation: int, norm: str) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
+            make_norm(norm, channels), nn.ReLU(inplace=True),
+            nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
+            make_norm(norm, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.block(x))
+
+
+class DilatedTCNBackbone(nn.Module):
+    """The origin DilatedTCN without its head: projection conv(k3, padding 1) - norm - ReLU,
+    ``levels`` :class:`DilatedTCNBlock` with dilation ``2**i``, channel attention (optional),
+    global AVERAGE pooling. No down-sampling (every layer keeps the length); receptive field
+    ``3 + 4 (2**levels - 1)`` samples (63 for 4 levels). Kaiming normal (fan_out) convolutions."""
+
+    head_init = "normal"
+
+    def __init__(self, *, in_channels: int, channels: int, levels: int, norm: str, attention: bool) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv1d(in_channels, channels, 3, padding=1, bias=False),
+                                  make_norm(norm, channels), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[DilatedTCNBlock(channels=channels, dilation=2 ** i, norm=norm)
+                                      for i in range(levels)])
+        self.attention = ChannelAttention(channels=channels) if attention else None
+        self.out_dim = channels
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _kaiming_fan_out_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.proj(x))
+        if self.attention is not None:
+            h = self.attention(h)
+        return h.mean(dim=-1)
+
+
+class SpectralFrontEnd(nn.Module):
+    """Frequency-domain features, as the origin's ``SpectralFeatures`` computes them from I/Q:
+    ``z = (I + jQ) * w`` with ``w`` a periodic Hann window (``torch.hann_window``; ``window=None``:
+    none), ``X = FFT(z)`` with norm "ortho" (no fftshift), then by ``mode``:
+
+    * ``powerlog`` (default): ``log(1 + |X|^2)``, repeated to 2 channels;
+    * ``ri``: ``Re X, Im X``;
+    * ``magphase``: ``|X|, atan2(Im X, Re X)``.
+
+    That is the path for 2 channels with ``complex_iq`` (the seed's data); output (B, 2, L).
+    Any other channel count (or ``complex_iq=False``) is C real signals: each is windowed and
+    transformed by ``rfft`` (norm "ortho"; the L // 2 + 1 non-redundant bins), giving
+    ``log(1 + |X_c|^2)`` (C channels, no repetition: the backbones take any C) or the pairs
+    above stacked as ``[Re X_0..Re X_{C-1}, Im X_0..Im X_{C-1}]`` (2C channels). Computed in
+    float32 outside autocast (FFTs need it)."""
+
+    def __init__(self, *, in_channels: int, mode: str = "powerlog", window: Optional[str] = "hann",
+                 complex_iq: bool = True) -> None:
+        super().__init__()
+        mode = str(mode).lower()
+        if mode not in SPECTRAL_MODES:
+            raise ConfigError(f"unknown spectral_mode {mode!r}; valid: {', '.join(SPECTRAL_MODES)}")
+        if window is not None and str(window).lower() in ("none", "null", ""):
+            window = None
+        if window is not None and str(window).lower() != "hann":
+            raise ConfigError(f"unknown spectral_window {window!r}; valid: hann, null (no window)")
+        self.mode = mode
+        self.window = None if window is None else "hann"
+        self.complex = bool(complex_iq) and in_channels == 2
+        if self.complex:
+            self.out_channels = 2
+        else:
+            self.out_channels = in_channels if mode == "powerlog" else 2 * in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            n = x.shape[-1]
+            if self.window is not None:
+                x = x * torch.hann_window(n, device=x.device, dtype=x.dtype)
+            if self.complex:
+                spec = torch.fft.fft(torch.complex(x[:, 0], x[:, 1]), dim=-1, norm="ortho").unsqueeze(1)
+            else:
+                spec = torch.fft.rfft(x, dim=-1, norm="ortho")
+            if self.mode == "powerlog":
+                out = torch.log1p(spec.real ** 2 + spec.imag ** 2)
+                return out.repeat(1, 2, 1) if self.complex else out
+            if self.mode == "ri":
+                return torch.cat([spec.real, spec.imag], dim=1)
+            return torch.cat([spec.abs(), torch.atan2(spec.imag, spec.real)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, window={self.window}, complex_iq={self.complex}"
+
+
+class FrequencyBackbone(nn.Module):
+    """:class:`SpectralFrontEnd` (``spec``) followed by a backbone on its output (``backbone``)."""
+
+    def __init__(self, *, spec: SpectralFrontEnd, backbone: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.out_dim = backbone.out_dim
+        self.head_init = backbone.head_init
+
+    def init_weights(self) -> None:
+        self.backbone.init_weights()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.spec(x))
+
+
+# ----------------------------------------------------------------------------- ConvNetSE blocks
 class SqueezeExcite(nn.Module):
     """Channel attention (Hu et al., CVPR 2018, "Squeeze-and-Excitation Networks"):
     ``x * sigmoid(W2 relu(W1 mean_t(x)))`` with bottleneck ``max(C // reduction, 4)``."""
@@ -130,11 +494,7 @@ class AdaptiveDownsample(nn.Module):
             if self.mode != "max":
                 x = F.avg_pool1d(x, 2)
             elif torch.is_grad_enabled() and x.requires_grad:
-                # Same values and gradients as max_pool1d(x, 2) (the gradient goes to the arg-max),
-                # but its backward is one scatter instead of oneDNN's slow pooling backward on the
-                # CPU; amax would be slower (its backward builds an equality mask).
-                n = x.shape[-1] // 2
-                x = x[..., : 2 * n].unflatten(-1, (n, 2)).max(-1).values
+                x = _pairs_max(x, 2)
             else:
                 x = F.max_pool1d(x, 2)
         return x
@@ -143,17 +503,13 @@ class AdaptiveDownsample(nn.Module):
         return f"times={self.times}, mode={self.mode}, min_length={self.min_length}"
 
 
-def _conv(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Conv1d:
-    return nn.Conv1d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False)
-
-
 class ConvBlock(nn.Module):
     """conv(k) - norm - ReLU - [SE] - adaptive max-pool /2."""
 
     def __init__(self, *, cin: int, cout: int, kernel_size: int, norm: str, attention: bool,
                  pool: bool = True) -> None:
         super().__init__()
-        self.conv = _conv(cin, cout, kernel_size)
+        self.conv = nn.Conv1d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = make_norm(norm, cout)
         self.se = SqueezeExcite(channels=cout) if attention else nn.Identity()
         self.pool = AdaptiveDownsample(times=1) if pool else nn.Identity()
@@ -165,6 +521,8 @@ class ConvBlock(nn.Module):
 class ConvTrunk(nn.Module):
     """``depth`` ConvBlocks of ``width`` channels, then global average pooling -> (B, width)."""
 
+    head_init = "default"
+
     def __init__(self, *, in_channels: int, width: int, depth: int, kernel_size: int, norm: str,
                  attention: bool) -> None:
         super().__init__()
@@ -175,139 +533,11 @@ class ConvTrunk(nn.Module):
         ])
         self.out_dim = width
 
+    def init_weights(self) -> None:
+        """PyTorch's initialisation."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).mean(dim=-1)
-
-
-class BasicBlock1D(nn.Module):
-    """Residual basic block (He et al., CVPR 2016): conv-norm-ReLU-conv-norm-[SE] + shortcut
-    (1x1 conv + norm when the channel count changes), then ReLU. Downsampling happens before
-    the block (adaptive average pooling), so main path and shortcut see the same length."""
-
-    def __init__(self, *, cin: int, cout: int, kernel_size: int, norm: str, attention: bool) -> None:
-        super().__init__()
-        self.conv1 = _conv(cin, cout, kernel_size)
-        self.norm1 = make_norm(norm, cout)
-        self.conv2 = _conv(cout, cout, kernel_size)
-        self.norm2 = make_norm(norm, cout)
-        self.se = SqueezeExcite(channels=cout) if attention else nn.Identity()
-        if cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv1d(cin, cout, 1, bias=False), make_norm(norm, cout))
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = self.se(self.norm2(self.conv2(out)))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResTrunk(nn.Module):
-    """ResNet-1D trunk: stem conv(k7)-norm-ReLU, pool /4, then ``stages`` stages of
-    ``blocks_per_stage`` basic blocks with ``width * 2**i`` channels; every stage after the first
-    starts with a pool /2 (all pooling adaptive). Ends with global average pooling."""
-
-    def __init__(self, *, in_channels: int, width: int, stages: int, blocks_per_stage: int,
-                 kernel_size: int, stem_kernel_size: int, norm: str, attention: bool) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(_conv(in_channels, width, stem_kernel_size), make_norm(norm, width),
-                                  nn.ReLU(inplace=True), AdaptiveDownsample(times=2, mode="max"))
-        layers: List[nn.Module] = []
-        cin = width
-        for i in range(stages):
-            cout = width * 2 ** i
-            if i > 0:
-                layers.append(AdaptiveDownsample(times=1, mode="avg"))
-            for _ in range(blocks_per_stage):
-                layers.append(BasicBlock1D(cin=cin, cout=cout, kernel_size=kernel_size, norm=norm,
-                                           attention=attention))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.out_dim = cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.stem(x)).mean(dim=-1)
-
-
-class TemporalBlock(nn.Module):
-    """Residual dilated block of a TCN (Bai et al. 2018, "An Empirical Evaluation of Generic
-    Convolutional and Recurrent Networks"), non-causal ('same' padding) for classification:
-    conv(k, d)-norm-ReLU-dropout-conv(k, d)-norm-[SE] + x, ReLU."""
-
-    def __init__(self, *, channels: int, kernel_size: int, dilation: int, norm: str,
-                 attention: bool, dropout: float) -> None:
-        super().__init__()
-        self.conv1 = _conv(channels, channels, kernel_size, dilation)
-        self.norm1 = make_norm(norm, channels)
-        self.drop = nn.Dropout(dropout)
-        self.conv2 = _conv(channels, channels, kernel_size, dilation)
-        self.norm2 = make_norm(norm, channels)
-        self.se = SqueezeExcite(channels=channels) if attention else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.drop(F.relu(self.norm1(self.conv1(x))))
-        out = self.se(self.norm2(self.conv2(out)))
-        return F.relu(out + x)
-
-
-class TCNTrunk(nn.Module):
-    """Dilated TCN trunk: stem conv(k7)-norm-ReLU, pool /4 (adaptive), then ``levels``
-    TemporalBlocks with dilation ``min(2**i, max_dilation)``; global average pooling.
-    Receptive field after the stem: ``1 + 2 (k - 1) sum_i d_i`` samples (1021 for 8 levels, k 3)."""
-
-    def __init__(self, *, in_channels: int, width: int, levels: int, kernel_size: int, norm: str,
-                 attention: bool, dropout: float, max_dilation: int = 128) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(_conv(in_channels, width, 7), make_norm(norm, width),
-                                  nn.ReLU(inplace=True), AdaptiveDownsample(times=2, mode="max"))
-        self.levels = nn.Sequential(*[
-            TemporalBlock(channels=width, kernel_size=kernel_size, dilation=min(2 ** i, max_dilation),
-                          norm=norm, attention=attention, dropout=dropout) for i in range(levels)
-        ])
-        self.out_dim = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.levels(self.stem(x)).mean(dim=-1)
-
-
-class SpectralFrontEnd(nn.Module):
-    """Spectral features of the signal: ``log(1 + |FFT(x)| / sqrt(L))``, computed in float32.
-
-    With 2 input channels and ``complex_iq`` the channels are the I/Q parts of one complex
-    baseband signal: ``z = I + jQ``, full FFT (both sides of the spectrum differ for complex
-    signals), ``fftshift``ed so that frequency 0 is in the middle: 1 channel of length L.
-    Otherwise every channel is a real signal: ``rfft`` per channel, C channels of length
-    ``L // 2 + 1``.
-    """
-
-    def __init__(self, *, in_channels: int, complex_iq: bool = True) -> None:
-        super().__init__()
-        self.complex = bool(complex_iq) and in_channels == 2
-        self.out_channels = 1 if self.complex else in_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
-            n = x.shape[-1]
-            if self.complex:
-                spec = torch.fft.fftshift(torch.fft.fft(torch.complex(x[:, 0], x[:, 1]), dim=-1), dim=-1)
-                spec = spec.unsqueeze(1)
-            else:
-                spec = torch.fft.rfft(x, dim=-1)
-            return torch.log1p(spec.abs() / math.sqrt(n))
-
-
-class FrequencyTrunk(nn.Module):
-    """SpectralFrontEnd followed by a ConvTrunk or ResTrunk on the spectrum."""
-
-    def __init__(self, *, front: SpectralFrontEnd, trunk: nn.Module) -> None:
-        super().__init__()
-        self.front = front
-        self.trunk = trunk
-        self.out_dim = trunk.out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.front(x))
 
 
 # ----------------------------------------------------------------------------- model base
@@ -322,11 +552,41 @@ def _pos_int(name: str, key: str, value: Any, lo: int = 1, hi: Optional[int] = N
     return v
 
 
+def _opt_int(name: str, key: str, value: Any, default: Optional[int], lo: int = 1,
+             hi: Optional[int] = None) -> Optional[int]:
+    """``value`` checked as by :func:`_pos_int`, or ``default`` when it is None."""
+    return default if value is None else _pos_int(name, key, value, lo, hi)
+
+
+def _head_init_(linear: nn.Linear, kind: str, columns: slice = slice(None),
+                bias_column: Optional[int] = None) -> None:
+    """Initialise ``linear``'s weight columns ``columns`` as an origin head over those inputs:
+    ``normal`` N(0, 0.01) weights and bias 0 (ResNet1D, DilatedTCN); ``default`` PyTorch's
+    ``nn.Linear`` (uniform +-1/sqrt(fan_in) weights and bias). The bias goes to ``linear.bias``
+    or, with ``bias_column``, to that weight column (the mixtures of experts)."""
+    w = linear.weight
+    fan_in = w[:, columns].shape[1]
+    with torch.no_grad():
+        if kind == "normal":
+            w[:, columns].normal_(0.0, 0.01)
+            bias_value = None
+        else:
+            bound = 1.0 / math.sqrt(fan_in)
+            w[:, columns].uniform_(-bound, bound)
+            bias_value = bound
+        target = w[:, bias_column] if bias_column is not None else linear.bias
+        if target is not None:
+            if bias_value is None:
+                target.zero_()
+            else:
+                target.uniform_(-bias_value, bias_value)
+
+
 class SignalModel(nn.Module):
     """Base class: input check, feature dropout and the ``classifier`` head.
 
-    Subclasses build ``self.trunk`` (a module mapping ``(B, C, L)`` to ``(B, D)`` with attribute
-    ``out_dim``) between ``super().__init__`` and ``self._finish()``.
+    Subclasses pass ``_finish`` their backbone (a module mapping ``(B, C, L)`` to ``(B, D)`` with
+    attributes ``out_dim``, ``head_init`` and ``init_weights()``), which becomes ``self.trunk``.
     """
 
     min_length: int = MIN_LENGTH
@@ -342,11 +602,22 @@ class SignalModel(nn.Module):
         self.norm_kind = resolve_norm_kind(norm_kind)
         self.dropout_rate = float(dropout_rate)
 
-    def _finish(self, trunk: nn.Module) -> None:
-        self.trunk = trunk
-        self.feature_dim = int(trunk.out_dim)
+    def _finish(self, backbone: Optional[nn.Module], feature_dim: Optional[int] = None) -> None:
+        if backbone is not None:
+            self.trunk = backbone
+        self.feature_dim = int(backbone.out_dim if feature_dim is None else feature_dim)
         self.dropout = nn.Dropout(self.dropout_rate)
         self.classifier: nn.Module = nn.Linear(self.feature_dim, self.num_classes)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The model's own initialisation (the origin's): the backbone's, then the head's
+        (``N(0, 0.01)`` weights and zero bias after a ResNet1D / DilatedTCN backbone, PyTorch's
+        ``nn.Linear`` default otherwise). Called at construction and by ``init='default'``."""
+        self.trunk.init_weights()
+        lin = head_linear(self.classifier)
+        if lin is not None:
+            _head_init_(lin, self.trunk.head_init)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise DataError unless ``x`` is ``(B, in_channels, L)`` with ``L >= min_length``."""
@@ -369,14 +640,57 @@ class SignalModel(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
+def _convnet_adsb(n: str, in_channels: int, width: Any, depth: Any, norm: str, attention: bool
+                  ) -> ConvNetADSBBackbone:
+    return ConvNetADSBBackbone(in_channels=in_channels, width=_opt_int(n, "width", width, None),
+                               depth=_opt_int(n, "depth", depth, None, 1, len(CONVNET_ADSB_PLAN)),
+                               norm=norm, attention=attention)
+
+
+def _resnet1d(n: str, in_channels: int, width: Any, depth: Any, base: int, blocks_per_stage: Any,
+              norm: str, attention: bool) -> ResNet1DBackbone:
+    return ResNet1DBackbone(in_channels=in_channels, base=_opt_int(n, "width", width, base),
+                            stages=_opt_int(n, "depth (number of stages)", depth, 4, 2, 5),
+                            blocks_per_stage=_pos_int(n, "blocks_per_stage", blocks_per_stage),
+                            norm=norm, attention=attention)
+
+
+def _tcn(n: str, in_channels: int, width: Any, depth: Any, norm: str, attention: bool) -> DilatedTCNBackbone:
+    return DilatedTCNBackbone(in_channels=in_channels, channels=_opt_int(n, "width", width, 64),
+                              levels=_opt_int(n, "depth (number of levels)", depth, 4), norm=norm,
+                              attention=attention)
+
+
 # ----------------------------------------------------------------------------- models
 @MODELS.register("ConvNetADSB", aliases=("convnet", "ConvNet"))
 class ConvNetADSB(SignalModel):
-    """Deep plain ConvNet for ADS-B emitter identification (SEED: 8 blocks, 350 channels).
+    """Deep ConvNet for ADS-B emitter identification, the origin codebase's network (SEED: "8
+    blocks, 350 channels"): :class:`ConvNetADSBBackbone` (50-100-150-200-300-350-350-350
+    channels, kernels 15-11-7-5-5-5-7-7, max-pools 4-3-2-2-2-2-2, CBAM channel attention once
+    after block 8 when ``use_attention``, global max pooling), dropout, linear 350 -> K.
+    5.85 M parameters and 0.76 GFLOPs per 2 x 4800 sample at 10 classes. PyTorch's default
+    initialisation, as the origin. ``width``/``depth``: see the module docstring."""
 
-    ``depth`` blocks of [conv(k) - norm - ReLU - SE (use_attention) - max-pool /2 (adaptive)],
-    all ``width`` channels wide; global average pooling; dropout; linear head.
-    """
+    def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
+                 use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
+                 depth: Optional[int] = None) -> None:
+        super().__init__(num_classes=num_classes, in_channels=in_channels,
+                         dropout_rate=dropout_rate, norm_kind=norm_kind)
+        self._finish(_convnet_adsb(type(self).__name__, self.in_channels, width, depth, self.norm_kind,
+                                   use_attention))
+
+
+@MODELS.register("ConvNetSE", aliases=("convnet_se",))
+class ConvNetSE(SignalModel):
+    """This project's earlier "ConvNetADSB" (not an origin network), kept under its own name for
+    results and checkpoints made with it: ``depth`` blocks (default 8) of [conv(k) - norm - ReLU -
+    SE (use_attention) - max-pool /2 (adaptive)], all ``width`` channels wide (default 350);
+    global average pooling; dropout; linear head. Where it differs from the origin ConvNetADSB:
+    fewer parameters (2.70 M vs 5.85 M at full size) but 4.6x the FLOPs (3.52 vs 0.76 G per
+    2 x 4800 sample: 350 channels while the signal is still long); at the demo size (width 32,
+    depth 4, 1024 samples) 11.2 k vs 14.0 k parameters, 5.9 vs 2.4 MFLOPs, about 4x slower per
+    training step, and lower test mAcc on the built-in data after 30 epochs (41.2 / 43.7% vs
+    50.2 / 62.7%, seeds 42 / 43)."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
@@ -384,124 +698,196 @@ class ConvNetADSB(SignalModel):
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
         n = type(self).__name__
-        width = _pos_int(n, "width", 350 if width is None else width)
-        depth = _pos_int(n, "depth", 8 if depth is None else depth)
-        kernel_size = _pos_int(n, "kernel_size", kernel_size)
-        self._finish(ConvTrunk(in_channels=self.in_channels, width=width, depth=depth,
-                               kernel_size=kernel_size, norm=self.norm_kind, attention=use_attention))
+        self._finish(ConvTrunk(in_channels=self.in_channels, width=_opt_int(n, "width", width, 350),
+                               depth=_opt_int(n, "depth", depth, 8),
+                               kernel_size=_pos_int(n, "kernel_size", kernel_size), norm=self.norm_kind,
+                               attention=use_attention))
 
 
 @MODELS.register("ResNet1D", aliases=("resnet1d", "resnet"))
 class ResNet1D(SignalModel):
-    """1-D ResNet (He et al. 2016) with 2, 3, 4 or 5 stages (``depth``, default 4) of
-    ``blocks_per_stage`` basic blocks; channels ``width * 2**i`` (default width 64: 64..512,
-    a ResNet-18 layout). See :class:`ResTrunk`."""
+    """The origin's 1-D ResNet (He et al. 2016 basic blocks): :class:`ResNet1DBackbone` with base
+    32 and 4 stages of 2 blocks (32-64-128-256 channels, strides 1-2-2-2), CBAM channel attention
+    when ``use_attention``, global average pooling, dropout, linear 256 -> K. Origin
+    initialisation: Kaiming normal (fan_out, ReLU) convolutions, linear N(0, 0.01), bias 0.
+    ``width`` = base, ``depth`` = stages (2..5)."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, blocks_per_stage: int = 2, kernel_size: int = 3,
-                 stem_kernel_size: int = 7) -> None:
+                 depth: Optional[int] = None, blocks_per_stage: int = 2) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
-        n = type(self).__name__
-        self._finish(ResTrunk(
-            in_channels=self.in_channels, width=_pos_int(n, "width", 64 if width is None else width),
-            stages=_pos_int(n, "depth (number of stages)", 4 if depth is None else depth, 2, 5),
-            blocks_per_stage=_pos_int(n, "blocks_per_stage", blocks_per_stage),
-            kernel_size=_pos_int(n, "kernel_size", kernel_size),
-            stem_kernel_size=_pos_int(n, "stem_kernel_size", stem_kernel_size),
-            norm=self.norm_kind, attention=use_attention))
+        self._finish(_resnet1d(type(self).__name__, self.in_channels, width, depth, 32, blocks_per_stage,
+                               self.norm_kind, use_attention))
 
 
 @MODELS.register("DilatedTCN", aliases=("tcn", "TCN"))
 class DilatedTCN(SignalModel):
-    """Dilated temporal convolutional network (Bai et al. 2018), non-causal, for
-    classification: ``depth`` residual levels (default 8) of ``width`` channels (default 64),
-    dilation ``2**i`` (capped at ``max_dilation``); dropout ``dropout_rate`` inside every level
-    and on the pooled features. See :class:`TCNTrunk`."""
+    """The origin's dilated temporal convolutional network (non-causal, Bai et al. 2018 style
+    residual levels): :class:`DilatedTCNBackbone` with 64 channels and 4 levels (dilation
+    1, 2, 4, 8), CBAM channel attention when ``use_attention``, global average pooling,
+    dropout, linear 64 -> K. Same initialisation as :class:`ResNet1D`. ``width`` = channels,
+    ``depth`` = levels. No down-sampling, so its cost grows with L (0.95 GFLOPs at 4800)."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, kernel_size: int = 3, max_dilation: int = 128) -> None:
+                 depth: Optional[int] = None) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
-        n = type(self).__name__
-        self._finish(TCNTrunk(
-            in_channels=self.in_channels, width=_pos_int(n, "width", 64 if width is None else width),
-            levels=_pos_int(n, "depth (number of levels)", 8 if depth is None else depth),
-            kernel_size=_pos_int(n, "kernel_size", kernel_size), norm=self.norm_kind,
-            attention=use_attention, dropout=self.dropout_rate,
-            max_dilation=_pos_int(n, "max_dilation", max_dilation)))
+        self._finish(_tcn(type(self).__name__, self.in_channels, width, depth, self.norm_kind, use_attention))
 
 
 @MODELS.register("FrequencyDomainExpert", aliases=("freq_convnet",))
 class FrequencyDomainExpert(SignalModel):
-    """Frequency-domain expert: log-magnitude spectrum (:class:`SpectralFrontEnd`; I/Q treated as
-    one complex signal when ``in_channels == 2`` and ``complex_iq``) fed to a ConvNet trunk of
-    ``depth`` blocks (default 6) x ``width`` channels (default 128)."""
+    """The origin's frequency-domain expert: :class:`SpectralFrontEnd` (``spectral_mode``
+    powerlog / ri / magphase, ``spectral_window`` hann / null) -> :class:`ConvNetADSBBackbone`
+    (the full ConvNetADSB at width/depth null) -> dropout -> linear 350 -> K."""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, kernel_size: int = 3, complex_iq: bool = True) -> None:
+                 depth: Optional[int] = None, spectral_mode: str = "powerlog",
+                 spectral_window: Optional[str] = "hann", complex_iq: bool = True) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
-        n = type(self).__name__
-        front = SpectralFrontEnd(in_channels=self.in_channels, complex_iq=complex_iq)
-        trunk = ConvTrunk(in_channels=front.out_channels,
-                          width=_pos_int(n, "width", 128 if width is None else width),
-                          depth=_pos_int(n, "depth", 6 if depth is None else depth),
-                          kernel_size=_pos_int(n, "kernel_size", kernel_size), norm=self.norm_kind,
-                          attention=use_attention)
-        self._finish(FrequencyTrunk(front=front, trunk=trunk))
+        spec = SpectralFrontEnd(in_channels=self.in_channels, mode=spectral_mode, window=spectral_window,
+                                complex_iq=complex_iq)
+        self._finish(FrequencyBackbone(spec=spec, backbone=_convnet_adsb(
+            type(self).__name__, spec.out_channels, width, depth, self.norm_kind, use_attention)))
 
 
 @MODELS.register("ResNetFrequencyExpert", aliases=("freq_resnet",))
 class ResNetFrequencyExpert(SignalModel):
-    """Frequency-domain expert with a ResNet trunk: :class:`SpectralFrontEnd` then
-    :class:`ResTrunk` (``depth`` 2..5 stages, default 4; ``width`` default 64)."""
+    """The origin's frequency-domain ResNet expert: :class:`SpectralFrontEnd` ->
+    :class:`ResNet1DBackbone` with base 16 (16-32-64-128 channels) -> dropout -> linear
+    128 -> K, initialised as :class:`ResNet1D`. (The origin fixes this expert's dropout at 0.1;
+    here it is ``dropout_rate``, 0.1 by default.)"""
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, blocks_per_stage: int = 2, kernel_size: int = 3,
-                 complex_iq: bool = True) -> None:
+                 depth: Optional[int] = None, blocks_per_stage: int = 2, spectral_mode: str = "powerlog",
+                 spectral_window: Optional[str] = "hann", complex_iq: bool = True) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
-        n = type(self).__name__
-        front = SpectralFrontEnd(in_channels=self.in_channels, complex_iq=complex_iq)
-        trunk = ResTrunk(in_channels=front.out_channels,
-                         width=_pos_int(n, "width", 64 if width is None else width),
-                         stages=_pos_int(n, "depth (number of stages)", 4 if depth is None else depth, 2, 5),
-                         blocks_per_stage=_pos_int(n, "blocks_per_stage", blocks_per_stage),
-                         kernel_size=_pos_int(n, "kernel_size", kernel_size), stem_kernel_size=7,
-                         norm=self.norm_kind, attention=use_attention)
-        self._finish(FrequencyTrunk(front=front, trunk=trunk))
+        spec = SpectralFrontEnd(in_channels=self.in_channels, mode=spectral_mode, window=spectral_window,
+                                complex_iq=complex_iq)
+        self._finish(FrequencyBackbone(spec=spec, backbone=_resnet1d(
+            type(self).__name__, spec.out_channels, width, depth, 16, blocks_per_stage, self.norm_kind,
+            use_attention)))
 
 
-class MixtureOfExperts(nn.Module):
-    """Gated mixture of expert trunks (Jacobs et al. 1991; soft gating as in Shazeer et al. 2017
-    without sparsity).
+# ----------------------------------------------------------------------------- mixtures of experts
+class MoEGate(nn.Module):
+    """The origin's gating network: ``gate_stem`` = conv(C -> 16, k7, stride 2, padding 3) - norm
+    - ReLU - max-pool(3, stride 2, padding 1) - conv(16 -> 32, k3, stride 2, padding 1) - norm -
+    ReLU - global average pool; ``gate_mlp`` = linear 32 -> ``hidden`` - ReLU - dropout - linear
+    ``hidden`` -> E; softmax (in float32). Initialised as the origin: Kaiming normal (fan_out)
+    convolutions, N(0, 0.01) linear weights, zero biases."""
 
-    Each expert ``e`` maps the signal to features ``h_e``; ``f_e = ReLU(P_e h_e)`` projects them
-    to a common ``dim``. The gate sees every projected feature: ``g = softmax(G [f_1; ...; f_E])``
-    and the output is ``sum_e g_e f_e``. The last gate weights are kept in ``last_gate``
-    (detached, ``(B, E)``) for inspection.
-    """
-
-    def __init__(self, *, experts: Dict[str, nn.Module], dim: int) -> None:
+    def __init__(self, *, in_channels: int, num_experts: int, hidden: int, dropout: float, norm: str) -> None:
         super().__init__()
-        self.names = list(experts)
-        self.experts = nn.ModuleDict(experts)
-        self.proj = nn.ModuleDict({k: nn.Linear(m.out_dim, dim) for k, m in experts.items()})
-        self.gate = nn.Linear(dim * len(experts), len(experts))
-        self.out_dim = dim
-        self.last_gate: Optional[torch.Tensor] = None
+        self.gate_stem = nn.Sequential(
+            SkipStrideConv1d(in_channels, 16, 7, stride=2, padding=3, bias=False), make_norm(norm, 16),
+            nn.ReLU(inplace=True), SkipMaxPool1d(3, stride=2, padding=1),
+            SkipStrideConv1d(16, 32, 3, stride=2, padding=1, bias=False), make_norm(norm, 32),
+            nn.ReLU(inplace=True))
+        self.gate_mlp = nn.Sequential(nn.Linear(32, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                      nn.Linear(hidden, num_experts))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _kaiming_fan_out_(self.gate_stem)
+        _normal_linear_(self.gate_mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [F.relu(self.proj[k](self.experts[k](x))) for k in self.names]
-        stacked = torch.stack(feats, dim=1)                                  # (B, E, D)
-        g = torch.softmax(self.gate(torch.cat(feats, dim=1)), dim=-1)         # (B, E)
+        return torch.softmax(self.gate_mlp(self.gate_stem(x).mean(dim=-1)).float(), dim=-1)
+
+
+class MixtureOfExperts(SignalModel):
+    """Base of the origin's mixtures of experts (Jacobs et al. 1991, soft gating): E expert
+    backbones (``experts``), each with its own head in the origin, and a per-sample softmax gate
+    (:class:`MoEGate`); the origin's output is ``sum_e g_e (W_e f_e + b_e)`` with ``f_e`` the
+    expert's pooled features after its dropout.
+
+    To keep one ``classifier`` (so that cRT, tau-norm, swap_classifier and t-SNE work), the
+    mixture is written as one linear layer over
+
+        ``forward_features(x) = [g_1 f_1, ..., g_E f_E, g_1, ..., g_E]``  (``feature_dim = sum D_e + E``)
+
+    ``classifier = [W_1 .. W_E | c_1 .. c_E] + b``, whose output is ``sum_e g_e (W_e f_e + c_e) + b
+    = sum_e g_e (W_e f_e + c_e + b)`` because the gate sums to 1: exactly the origin's mixture
+    with expert biases ``b_e = c_e + b`` (one redundant bias vector). At construction (and with
+    ``init='default'``) the columns of expert ``e`` are initialised as that expert's origin head
+    (N(0, 0.01) and 0 for ResNet1D / DilatedTCN experts, PyTorch's default for ConvNetADSB
+    experts; the bias columns take the expert's bias init) and ``b`` is 0. A head swapped in
+    by :func:`swap_classifier` (e.g. cosine) sees the same features.
+
+    Load balance: with ``load_balance_weight = w > 0`` every forward in training mode with
+    gradients stores ``w * sum_e p_e log p_e`` (``p`` = the batch-mean gate; the negative
+    entropy, minimal when the experts are used equally; eps 1e-8 as the origin), which
+    :meth:`aux_loss` returns once; the training loop adds it to the loss (the origin's example
+    uses ``w = 5e-3``; 0, the default, turns it off). ``last_gate`` holds the last gate
+    weights (detached, ``(B, E)``).
+    """
+
+    def _build(self, experts: Dict[str, nn.Module], *, gate_hidden: Any, gate_dropout: Any,
+               load_balance_weight: Any) -> None:
+        n = type(self).__name__
+        if not (isinstance(gate_dropout, (int, float)) and 0.0 <= float(gate_dropout) < 1.0):
+            raise ConfigError(f"{n}: gate_dropout must be in [0, 1), got {gate_dropout!r}")
+        if not (isinstance(load_balance_weight, (int, float)) and not isinstance(load_balance_weight, bool)
+                and math.isfinite(load_balance_weight) and load_balance_weight >= 0):
+            raise ConfigError(f"{n}: load_balance_weight must be a number >= 0, got {load_balance_weight!r}")
+        self.names = list(experts)
+        self.experts = nn.ModuleDict(experts)
+        self.gate = MoEGate(in_channels=self.in_channels, num_experts=len(experts),
+                            hidden=_pos_int(n, "gate_hidden", gate_hidden), dropout=float(gate_dropout),
+                            norm=self.norm_kind)
+        self.load_balance_weight = float(load_balance_weight)
+        self.expert_dims = [int(m.out_dim) for m in experts.values()]
+        self.last_gate: Optional[torch.Tensor] = None
+        self._aux: Optional[torch.Tensor] = None
+        self._finish(None, feature_dim=sum(self.expert_dims) + len(experts))
+
+    def init_weights(self) -> None:
+        for m in self.experts.values():
+            m.init_weights()
+        self.gate.init_weights()
+        lin = head_linear(self.classifier)
+        if lin is None or lin.weight.shape[1] != self.feature_dim:
+            return
+        start, total = 0, sum(self.expert_dims)
+        for i, (name, dim) in enumerate(zip(self.names, self.expert_dims)):
+            _head_init_(lin, self.experts[name].head_init, slice(start, start + dim), bias_column=total + i)
+            start += dim
+        if lin.bias is not None:
+            with torch.no_grad():
+                lin.bias.zero_()
+
+    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's softmax weights ``(B, E)`` for ``x`` (float32)."""
+        return self.gate(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        g = self.gate(x)
         self.last_gate = g.detach()
-        return (g.unsqueeze(-1) * stacked).sum(dim=1)
+        if self.training and self.load_balance_weight > 0 and torch.is_grad_enabled():
+            p = g.mean(dim=0)
+            self._aux = self.load_balance_weight * (p * (p + 1e-8).log()).sum()
+        parts = [g[:, i:i + 1] * self.dropout(self.experts[k](x)) for i, k in enumerate(self.names)]
+        return torch.cat(parts + [g.to(parts[0].dtype)], dim=1)
+
+    def aux_loss(self) -> torch.Tensor:
+        """The load-balance term of the last training forward (0 when off or already taken);
+        the training loop adds it to the loss once per forward."""
+        aux, self._aux = self._aux, None
+        if aux is None:
+            return torch.zeros((), device=self._device())
+        return aux
+
+    def _device(self) -> torch.device:
+        p = next(iter(self.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
 
 
 def _check_experts(name: str, experts: Sequence[str], valid: Sequence[str]) -> List[str]:
@@ -515,80 +901,72 @@ def _check_experts(name: str, experts: Sequence[str], valid: Sequence[str]) -> L
 
 
 @MODELS.register("MixtureOfExpertsConvNet", aliases=("moe_convnet", "MoEConvNet"))
-class MixtureOfExpertsConvNet(SignalModel):
-    """Mixture of a time-domain ConvNet expert ('time', 6 blocks x 128 ch), a frequency-domain
-    ConvNet expert ('freq', as :class:`FrequencyDomainExpert`, 6 x 128) and a dilated TCN expert
-    ('tcn', 6 levels x 64 ch); ``width``/``depth`` override every expert's; features projected to
-    ``expert_dim`` (256) and mixed by a learned softmax gate (:class:`MixtureOfExperts`)."""
+class MixtureOfExpertsConvNet(MixtureOfExperts):
+    """The origin's MoE over a time-domain ConvNetADSB ('time'), a DilatedTCN with 64 channels
+    and 4 levels ('tcn') and a FrequencyDomainExpert ('freq', powerlog, Hann), mixed by
+    :class:`MoEGate` (see :class:`MixtureOfExperts` for the single-classifier form and the
+    load-balance term). ``experts`` picks a subset (in this order); ``width``/``depth`` go to
+    every expert in its own meaning."""
 
-    EXPERTS = ("time", "freq", "tcn")
+    EXPERTS = ("time", "tcn", "freq")
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, expert_dim: int = 256,
-                 experts: Sequence[str] = ("time", "freq", "tcn"), kernel_size: int = 3,
+                 depth: Optional[int] = None, experts: Sequence[str] = ("time", "tcn", "freq"),
+                 gate_hidden: int = 64, gate_dropout: float = 0.1, load_balance_weight: float = 0.0,
+                 spectral_mode: str = "powerlog", spectral_window: Optional[str] = "hann",
                  complex_iq: bool = True) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
         n = type(self).__name__
-        names = _check_experts(n, experts, self.EXPERTS)
-        k = _pos_int(n, "kernel_size", kernel_size)
-        w = lambda d: _pos_int(n, "width", d if width is None else width)  # noqa: E731
-        dp = lambda d: _pos_int(n, "depth", d if depth is None else depth)  # noqa: E731
         c, norm, att = self.in_channels, self.norm_kind, use_attention
         built: Dict[str, nn.Module] = {}
-        for e in names:
+        for e in _check_experts(n, experts, self.EXPERTS):
             if e == "time":
-                built[e] = ConvTrunk(in_channels=c, width=w(128), depth=dp(6), kernel_size=k,
-                                     norm=norm, attention=att)
-            elif e == "freq":
-                front = SpectralFrontEnd(in_channels=c, complex_iq=complex_iq)
-                built[e] = FrequencyTrunk(front=front, trunk=ConvTrunk(
-                    in_channels=front.out_channels, width=w(128), depth=dp(6), kernel_size=k,
-                    norm=norm, attention=att))
+                built[e] = _convnet_adsb(n, c, width, depth, norm, att)
+            elif e == "tcn":
+                built[e] = _tcn(n, c, width, depth, norm, att)
             else:
-                built[e] = TCNTrunk(in_channels=c, width=w(64), levels=dp(6), kernel_size=k,
-                                    norm=norm, attention=att, dropout=self.dropout_rate)
-        self._finish(MixtureOfExperts(experts=built, dim=_pos_int(n, "expert_dim", expert_dim)))
+                spec = SpectralFrontEnd(in_channels=c, mode=spectral_mode, window=spectral_window,
+                                        complex_iq=complex_iq)
+                built[e] = FrequencyBackbone(spec=spec, backbone=_convnet_adsb(
+                    n, spec.out_channels, width, depth, norm, att))
+        self._build(built, gate_hidden=gate_hidden, gate_dropout=gate_dropout,
+                    load_balance_weight=load_balance_weight)
 
 
 @MODELS.register("MixtureOfExpertsResNet", aliases=("moe_resnet", "MoEResNet"))
-class MixtureOfExpertsResNet(SignalModel):
-    """ResNet-style mixture of experts: a time-domain ResNet expert ('time'), a frequency-domain
-    ResNet expert ('freq', as :class:`ResNetFrequencyExpert`) and a residual dilated TCN expert
-    ('tcn'); defaults width 64, depth 4 (ResNet stages, 2..5; TCN levels = depth + 2); features
-    projected to ``expert_dim`` (256) and mixed by a learned softmax gate."""
+class MixtureOfExpertsResNet(MixtureOfExperts):
+    """The origin's ResNet-style MoE over a time-domain ResNet1D with base 32 ('time'), a
+    DilatedTCN with 64 channels and 4 levels ('tcn') and a ResNetFrequencyExpert with base 16
+    ('freq'), mixed by :class:`MoEGate` (see :class:`MixtureOfExperts`). ``width``/``depth`` go
+    to every expert in its own meaning (ResNet base and stages 2..5, TCN channels and levels)."""
 
-    EXPERTS = ("time", "freq", "tcn")
+    EXPERTS = ("time", "tcn", "freq")
 
     def __init__(self, *, num_classes: int, in_channels: int = 2, dropout_rate: float = 0.1,
                  use_attention: bool = True, norm_kind: str = "bn", width: Optional[int] = None,
-                 depth: Optional[int] = None, expert_dim: int = 256,
-                 experts: Sequence[str] = ("time", "freq", "tcn"), blocks_per_stage: int = 2,
-                 kernel_size: int = 3, complex_iq: bool = True) -> None:
+                 depth: Optional[int] = None, experts: Sequence[str] = ("time", "tcn", "freq"),
+                 blocks_per_stage: int = 2, gate_hidden: int = 64, gate_dropout: float = 0.1,
+                 load_balance_weight: float = 0.0, spectral_mode: str = "powerlog",
+                 spectral_window: Optional[str] = "hann", complex_iq: bool = True) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
         n = type(self).__name__
-        names = _check_experts(n, experts, self.EXPERTS)
-        k = _pos_int(n, "kernel_size", kernel_size)
-        wd = _pos_int(n, "width", 64 if width is None else width)
-        st = _pos_int(n, "depth (number of stages)", 4 if depth is None else depth, 2, 5)
-        bps = _pos_int(n, "blocks_per_stage", blocks_per_stage)
         c, norm, att = self.in_channels, self.norm_kind, use_attention
         built: Dict[str, nn.Module] = {}
-        for e in names:
+        for e in _check_experts(n, experts, self.EXPERTS):
             if e == "time":
-                built[e] = ResTrunk(in_channels=c, width=wd, stages=st, blocks_per_stage=bps,
-                                    kernel_size=k, stem_kernel_size=7, norm=norm, attention=att)
-            elif e == "freq":
-                front = SpectralFrontEnd(in_channels=c, complex_iq=complex_iq)
-                built[e] = FrequencyTrunk(front=front, trunk=ResTrunk(
-                    in_channels=front.out_channels, width=wd, stages=st, blocks_per_stage=bps,
-                    kernel_size=k, stem_kernel_size=7, norm=norm, attention=att))
+                built[e] = _resnet1d(n, c, width, depth, 32, blocks_per_stage, norm, att)
+            elif e == "tcn":
+                built[e] = _tcn(n, c, width, depth, norm, att)
             else:
-                built[e] = TCNTrunk(in_channels=c, width=wd, levels=st + 2, kernel_size=k,
-                                    norm=norm, attention=att, dropout=self.dropout_rate)
-        self._finish(MixtureOfExperts(experts=built, dim=_pos_int(n, "expert_dim", expert_dim)))
+                spec = SpectralFrontEnd(in_channels=c, mode=spectral_mode, window=spectral_window,
+                                        complex_iq=complex_iq)
+                built[e] = FrequencyBackbone(spec=spec, backbone=_resnet1d(
+                    n, spec.out_channels, width, depth, 16, blocks_per_stage, norm, att))
+        self._build(built, gate_hidden=gate_hidden, gate_dropout=gate_dropout,
+                    load_balance_weight=load_balance_weight)
 
 
 # ----------------------------------------------------------------------------- factory
@@ -608,7 +986,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 2, dropout_rate
                  **kwargs: Any) -> nn.Module:
     """Build model ``name`` (see :data:`MODELS`; unknown names list the valid ones).
 
-    ``width``/``depth`` ``None`` give the seed's full-size architecture. ``norm_kind='auto'``
+    ``width``/``depth`` ``None`` give the seed's full-size architecture, exactly the origin
+    codebase's network (module docstring; ORIGIN_MODELS.md). ``norm_kind='auto'``
     becomes GroupNorm when ``per_device_batch < AUTO_GN_BATCH`` (16), else BatchNorm.
     ``kwargs`` are model-specific options (:func:`model_options`); an unknown one is a
     ConfigError naming the valid ones.
@@ -717,11 +1096,16 @@ def _init_kaiming(model: nn.Module) -> None:
 
 @INITS.register("default")
 def _init_default(model: nn.Module) -> None:
-    """PyTorch's own initialisation (``reset_parameters`` of every layer that has one; a
-    temperature head's temperature is kept)."""
+    """The model's own initialisation: PyTorch's (``reset_parameters`` of every layer that has
+    one; a temperature head's temperature is kept), then the model's ``init_weights()`` if it
+    has one (the origin's Kaiming / N(0, 0.01) initialisation of ResNet1D, DilatedTCN and the
+    gates and heads of the mixtures of experts)."""
     for m in model.modules():
         if m is not model and hasattr(m, "reset_parameters") and callable(m.reset_parameters):
             m.reset_parameters()
+    own = getattr(model, "init_weights", None)
+    if callable(own):
+        own()
 
 
 def init_model_for_imbalanced(model: nn.Module, class_counts: Optional[Sequence[float]],
@@ -792,10 +1176,13 @@ def format_complexity(info: Dict[str, int]) -> str:
 
 
 __all__ = [
-    "MODELS", "HEADS", "INITS", "MIN_LENGTH", "AUTO_GN_BATCH", "NORM_KINDS",
+    "MODELS", "HEADS", "INITS", "MIN_LENGTH", "MIN_POOLED_LENGTH", "AUTO_GN_BATCH", "NORM_KINDS",
+    "SPECTRAL_MODES", "CONVNET_ADSB_PLAN", "convnet_adsb_plan",
     "create_model", "swap_classifier", "init_model_for_imbalanced", "model_complexity",
     "format_complexity", "model_options", "resolve_norm_kind", "make_norm", "group_norm_groups",
-    "SignalModel", "ConvNetADSB", "ResNet1D", "DilatedTCN", "FrequencyDomainExpert",
-    "ResNetFrequencyExpert", "MixtureOfExpertsConvNet", "MixtureOfExpertsResNet",
-    "SqueezeExcite", "AdaptiveDownsample", "SpectralFrontEnd", "MixtureOfExperts",
+    "SignalModel", "ConvNetADSB", "ConvNetSE", "ResNet1D", "DilatedTCN", "FrequencyDomainExpert",
+    "ResNetFrequencyExpert", "MixtureOfExperts", "MixtureOfExpertsConvNet", "MixtureOfExpertsResNet",
+    "ConvNetADSBBackbone", "ResNet1DBackbone", "DilatedTCNBackbone", "FrequencyBackbone", "MoEGate",
+    "ChannelAttention", "SqueezeExcite", "AdaptiveDownsample", "SkipMaxPool1d", "SkipStrideConv1d",
+    "SpectralFrontEnd",
 ]
