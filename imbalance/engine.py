@@ -337,6 +337,11 @@ def train_one_epoch(
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     clip_params = params_to_clip if params_to_clip is not None else [
         p for g in optimizer.param_groups for p in g["params"]]
+    aux = getattr(unwrap(model), "aux_loss", None)
+    if aux is not None and isinstance(model, nn.DataParallel):
+        log.warning("the model's auxiliary loss is not available under DataParallel (replicas drop it); "
+                    "training without it")
+        aux = None
     for i, (x, y) in enumerate(loader):
         step_now = (i + 1) % k == 0 or i + 1 == n_batches
         group_len = min(k, n_batches - (i // k) * k)
@@ -345,6 +350,8 @@ def train_one_epoch(
             with precision.autocast():
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
+            if aux is not None:  # e.g. a mixture of experts' load-balance term (0 unless weighted)
+                loss = loss + aux()
             bad = not bool(torch.isfinite(loss))
             if distributed:  # every rank must take the same branch (DDP collectives)
                 bad = D.any_rank(bad)
