@@ -58,6 +58,23 @@ from .augment import (  # re-exported: the SEED names live in data
     build_augmentation,
 )
 from .errors import ConfigError, DataError
+from .signal_io import (  # noqa: F401  (DATA_KEYS ... are public here too)
+    DATA_KEYS,
+    H5_CACHE_BYTES,
+    LABEL_KEYS,
+    MAX_SLICE_RUNS,
+    SUPPORTED_EXTENSIONS,
+    FileLayout,
+    check_finite,
+    clean_labels,
+    complex_compound_fields,
+    contiguous_runs,
+    crop_or_pad,
+    map_labels,
+    normalize_rms,
+    open_signal_file,
+    to_float_channels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,310 +97,13 @@ __all__ = [
     "AUGMENT_KEYS",
 ]
 
-DATA_KEYS: Tuple[str, ...] = ("X", "data", "signal", "signals")
-LABEL_KEYS: Tuple[str, ...] = ("Y", "label", "labels", "y")
-SUPPORTED_EXTENSIONS: Tuple[str, ...] = (".mat", ".h5", ".hdf5", ".npz", ".npy")
-_H5_CACHE_BYTES = 64 * 1024 * 1024
-_MAX_SLICE_RUNS = 8   # more contiguous runs than this: one h5py point selection
-_EPS = 1e-12
-
 IndexLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
-
-
-# ====================================================================== small helpers
-def _fmt_list(values: Sequence[Any], limit: int = 20) -> str:
-    vals = [str(v) for v in values]
-    if len(vals) > limit:
-        return ", ".join(vals[:limit]) + f", ... ({len(vals)} in all)"
-    return ", ".join(vals) if vals else "(none)"
-
-
-def normalize_rms(x: np.ndarray) -> np.ndarray:
-    """Per-sample RMS normalisation of (N, C, L): ``x / sqrt(mean over C and L of x^2)``.
-
-    Computed in float64 for the mean, returned float32; a zero signal stays zero."""
-    if x.size == 0:
-        return x.astype(np.float32, copy=False)
-    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=(1, 2), keepdims=True))
-    rms = np.where(rms > _EPS, rms, 1.0)
-    return (x / rms).astype(np.float32, copy=False)
-
-
-def _crop_pad(x: np.ndarray, target_length: Optional[int]) -> np.ndarray:
-    """Keep the first ``target_length`` samples, or zero-pad at the end."""
-    if target_length is None or x.shape[-1] == target_length:
-        return x
-    if x.shape[-1] > target_length:
-        return x[..., :target_length]
-    out = np.zeros(x.shape[:-1] + (target_length,), dtype=x.dtype)
-    out[..., : x.shape[-1]] = x
-    return out
-
-
-def _check_finite(x: np.ndarray, where: str, base_index: Optional[np.ndarray] = None) -> None:
-    """DataError '<where>: 3 NaN/Inf values, first at sample 17' if x (N, ...) has any."""
-    bad = ~np.isfinite(x)
-    if bad.any():
-        per_sample = bad.reshape(bad.shape[0], -1).any(axis=1)
-        first = int(np.argmax(per_sample))
-        if base_index is not None:
-            first = int(base_index[first])
-        raise DataError(f"{where}: {int(bad.sum())} NaN/Inf values, first at sample {first}")
 
 
 def _as_index_tensor(idx: IndexLike) -> torch.Tensor:
     if isinstance(idx, torch.Tensor):
         return idx.long().reshape(-1)
     return torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1))
-
-
-def _clean_labels(raw: Any, where: str) -> np.ndarray:
-    """Labels as a 1-D array: (N,), (N,1) and (1,N) accepted; bytes -> str; integral floats
-    -> int64."""
-    y = np.asarray(raw)
-    if y.ndim > 1:
-        if sum(d > 1 for d in y.shape) > 1:
-            raise DataError(f"{where}: labels must be a vector, (N, 1) or (1, N); got shape {y.shape}")
-    y = y.reshape(-1)
-    if y.dtype.kind == "S":
-        y = y.astype(str)
-    if y.dtype.kind == "O":
-        y = np.array([v.decode() if isinstance(v, bytes) else v for v in y])
-    if y.dtype.kind == "b":
-        y = y.astype(np.int64)
-    if y.dtype.kind == "f":
-        if not np.isfinite(y).all():
-            bad = int(np.argmax(~np.isfinite(y)))
-            raise DataError(f"{where}: {int((~np.isfinite(y)).sum())} NaN/Inf labels, first at sample {bad}")
-        if np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-    elif y.dtype.kind in "iu":
-        y = y.astype(np.int64)
-    return y
-
-
-def _map_labels(y: np.ndarray, classes: Optional[Sequence[Any]], where: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(labels 0..K-1 int64, classes sorted original values)."""
-    present = np.unique(y)
-    if classes is None:
-        cls = present
-    else:
-        cls = _clean_labels(np.asarray(list(classes)), "classes")
-        cls = np.unique(cls)
-        try:
-            missing = present[~np.isin(present, cls)]
-        except TypeError:
-            missing = present
-        if missing.size:
-            raise DataError(
-                f"{where}: label value(s) {_fmt_list(missing.tolist())} are not among the "
-                f"classes {_fmt_list(cls.tolist())}")
-    labels = np.searchsorted(cls, y).astype(np.int64)
-    return labels, cls
-
-
-# ====================================================================== layout
-class _Layout:
-    """Where the sample (N), channel (C) and time (L) axes are in the *file's* array."""
-
-    def __init__(self, fshape: Tuple[int, ...], reversed_axes: bool, n: int, where: str, key: str) -> None:
-        lshape = tuple(fshape[::-1]) if reversed_axes else tuple(fshape)
-        nd = len(lshape)
-        shown = "x".join(map(str, lshape))
-        if nd not in (2, 3):
-            raise DataError(
-                f"{where}: data '{key}' has shape ({shown}); expected (N, L), (N, C, L) or (N, L, C)")
-        cand = [a for a in range(nd) if lshape[a] == n]
-        if not cand:
-            raise DataError(
-                f"{where}: data '{key}' has shape ({shown}) but there are {n} labels; "
-                f"no axis of the data has length {n} (X/Y length mismatch)")
-        n_ax = cand[0]
-        rest = [a for a in range(nd) if a != n_ax]
-        if nd == 2:
-            c_ax, l_ax = None, rest[0]
-        else:
-            a, b = rest
-            c_ax, l_ax = (a, b) if lshape[a] <= lshape[b] else (b, a)
-        to_file = (lambda a: nd - 1 - a) if reversed_axes else (lambda a: a)
-        self.ndim = nd
-        self.logical_shape = lshape
-        self.n_axis = to_file(n_ax)
-        self.c_axis = None if c_ax is None else to_file(c_ax)
-        self.l_axis = to_file(l_ax)
-        self.n = n
-        self.channels_in = 1 if c_ax is None else lshape[c_ax]
-        self.length = lshape[l_ax]
-
-    def to_ncl(self, arr: np.ndarray) -> np.ndarray:
-        """File-order array (with the N and L axes possibly cut) -> (n, C, L) view."""
-        if self.c_axis is None:
-            return np.transpose(arr, (self.n_axis, self.l_axis))[:, None, :]
-        return np.transpose(arr, (self.n_axis, self.c_axis, self.l_axis))
-
-    def describe(self) -> str:
-        names = {}
-        for name, ax in (("N", self.n_axis), ("C", self.c_axis), ("L", self.l_axis)):
-            if ax is not None:
-                names[ax] = name
-        return "(" + ", ".join(names[a] for a in range(self.ndim)) + ")"
-
-
-def _is_complex_compound(dtype: np.dtype) -> Optional[Tuple[str, str]]:
-    if dtype.names and len(dtype.names) == 2:
-        lower = {n.lower(): n for n in dtype.names}
-        for re_name, im_name in (("real", "imag"), ("r", "i"), ("re", "im")):
-            if re_name in lower and im_name in lower:
-                return lower[re_name], lower[im_name]
-    return None
-
-
-def _to_float_channels(ncl: np.ndarray, compound: Optional[Tuple[str, str]]) -> np.ndarray:
-    """(n, C, L) of any numeric/complex/compound dtype -> float32 (n, C', L); complex -> 2C
-    channels [real parts, imag parts]."""
-    if compound is not None:
-        re, im = ncl[compound[0]], ncl[compound[1]]
-        return np.concatenate([re, im], axis=1).astype(np.float32, copy=False)
-    if np.iscomplexobj(ncl):
-        return np.concatenate([ncl.real, ncl.imag], axis=1).astype(np.float32, copy=False)
-    if ncl.dtype.kind not in "fiub":
-        raise DataError(f"data has dtype {ncl.dtype}; expected real or complex numbers")
-    return ncl.astype(np.float32, copy=False)
-
-
-# ====================================================================== file access
-class _FileContents:
-    """Opened file: keys, the data array (numpy, memmap or h5py Dataset) and raw labels."""
-
-    def __init__(self) -> None:
-        self.kind = ""           # 'mat5', 'hdf5', 'npz', 'npy'
-        self.keys: List[str] = []
-        self.data: Any = None
-        self.labels: Any = None
-        self.reversed = False
-        self.lazy_ok = False
-        self.h5file: Any = None
-        self.data_key = ""
-        self.label_key = ""
-
-
-def _pick_key(keys: Sequence[str], wanted: Optional[str], defaults: Sequence[str], what: str,
-              where: str, exists: Callable[[str], bool], required: bool = True) -> Optional[str]:
-    """``wanted`` (an error if absent), else the first of ``defaults`` present (exact, then
-    case-insensitive), else an error naming the keys found (or None when not ``required``)."""
-    if wanted is not None:
-        if exists(wanted):
-            return wanted
-        raise DataError(f"{where}: {what} key '{wanted}' not found; keys found: {_fmt_list(keys)}")
-    for k in defaults:
-        if k in keys:
-            return k
-    lower = {k.lower(): k for k in keys}
-    for k in defaults:
-        if k.lower() in lower:
-            return lower[k.lower()]
-    if not required:
-        return None
-    raise DataError(f"{where}: no {what} key among {', '.join(defaults)}; keys found: {_fmt_list(keys)}")
-
-
-def _open(path: str, data_key: Optional[str], label_key: Optional[str], lazy: bool,
-          labels_required: bool = True) -> _FileContents:
-    """Open a signal file. With ``labels_required=False`` (prediction on unlabelled signals) a
-    file without a label key, or a .npy holding one plain array, is accepted: ``labels`` is None."""
-    where = path
-    if not os.path.exists(path):
-        raise DataError(f"data file not found: {path}")
-    if os.path.isdir(path):
-        raise DataError(f"data path is a folder, not a file: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise DataError(f"{where}: unsupported file type '{ext}'; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
-    fc = _FileContents()
-    import h5py
-
-    def pick(exists: Callable[[str], bool]) -> None:
-        fc.data_key = _pick_key(fc.keys, data_key, DATA_KEYS, "data", where, exists)
-        lk = _pick_key(fc.keys, label_key, LABEL_KEYS, "label", where, exists, required=labels_required)
-        if labels_required and lk == fc.data_key:
-            raise DataError(f"{where}: the label key '{lk}' is also the data key; name the labels with data.label_key")
-        fc.label_key = "" if lk is None or lk == fc.data_key else lk
-
-    def in_keys(k: str) -> bool:
-        return k in fc.keys
-
-    if ext in (".mat", ".h5", ".hdf5") and h5py.is_hdf5(path):
-        fc.kind, fc.lazy_ok = "hdf5", True
-        try:
-            f = h5py.File(path, "r", rdcc_nbytes=_H5_CACHE_BYTES)
-        except OSError as e:
-            raise DataError(f"{where}: cannot open HDF5 file ({e})") from None
-        fc.h5file = f
-        fc.keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-        pick(lambda k: k in f and isinstance(f[k], h5py.Dataset))
-        fc.data = f[fc.data_key]
-        fc.reversed = ext == ".mat" or "MATLAB_class" in fc.data.attrs
-        if fc.label_key:
-            lab = f[fc.label_key][()]
-            fc.labels = lab.T if (ext == ".mat" or "MATLAB_class" in f[fc.label_key].attrs) else lab
-        return fc
-    if ext in (".h5", ".hdf5"):
-        raise DataError(f"{where}: not a readable HDF5 file")
-    if ext == ".mat":
-        import scipy.io
-        try:
-            d = scipy.io.loadmat(path)
-        except Exception as e:  # scipy raises many types for corrupt files
-            raise DataError(f"{where}: cannot read MATLAB file ({type(e).__name__}: {e})") from None
-        fc.kind = "mat5"
-        fc.keys = [k for k in d if not k.startswith("__")]
-        get: Callable[[str], Any] = d.__getitem__
-    elif ext == ".npz":
-        try:
-            z = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise DataError(f"{where}: cannot read .npz file ({type(e).__name__}: {e})") from None
-        fc.kind = "npz"
-        fc.keys = list(z.files)
-        get = z.__getitem__
-    else:
-        # .npy: a structured array (fields = keys), a pickled dict, or (unlabelled) one array
-        try:
-            arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
-        except ValueError:  # object array: a dict saved with np.save (the user's own file)
-            arr = np.load(path, allow_pickle=True)
-        except Exception as e:
-            raise DataError(f"{where}: cannot read .npy file ({type(e).__name__}: {e})") from None
-        fc.kind = "npy"
-        if arr.dtype.names and _is_complex_compound(arr.dtype) is None:
-            fc.keys = list(arr.dtype.names)
-            get = lambda k: arr[k]  # noqa: E731
-            fc.lazy_ok = isinstance(arr, np.memmap)
-        elif arr.dtype == object and arr.shape == () and isinstance(arr.item(), dict):
-            dd = arr.item()
-            fc.keys = [str(k) for k in dd]
-            get = lambda k: np.asarray(dd[k])  # noqa: E731
-        elif not labels_required:
-            fc.data_key, fc.data = "(array)", arr
-            return fc
-        else:
-            raise DataError(
-                f"{where}: a .npy file holding one plain array {arr.shape} has no labels; save a dict "
-                f"{{'X': ..., 'Y': ...}} with np.save, or use .npz")
-    pick(in_keys)
-    fc.data = get(fc.data_key)
-    fc.labels = np.asarray(get(fc.label_key)) if fc.label_key else None
-    return fc
-
-
-def _contiguous_runs(sorted_idx: np.ndarray) -> List[Tuple[int, int]]:
-    """[start, stop) runs of consecutive integers in a sorted unique index array."""
-    if sorted_idx.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [sorted_idx.size]])
-    return [(int(sorted_idx[a]), int(sorted_idx[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
 # ====================================================================== data sets
@@ -478,13 +198,13 @@ class ArraySignalDataset(SignalDataset):
             raise ConfigError(f"target_length must be a positive integer or null, got {target_length!r}")
         xa = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         ya = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        yc = _clean_labels(ya, where)
-        lay = _Layout(tuple(xa.shape), False, len(yc), where, "x")
-        arr = _to_float_channels(lay.to_ncl(xa), _is_complex_compound(xa.dtype))
-        arr = _crop_pad(arr, None if target_length is None else int(target_length))
-        _check_finite(arr, where)
+        yc = clean_labels(ya, where)
+        lay = FileLayout(tuple(xa.shape), False, len(yc), where, "x")
+        arr = to_float_channels(lay.to_ncl(xa), complex_compound_fields(xa.dtype))
+        arr = crop_or_pad(arr, None if target_length is None else int(target_length))
+        check_finite(arr, where)
         arr = normalize_rms(arr) if normalize else arr
-        labels, cls = _map_labels(yc, classes, where)
+        labels, cls = map_labels(yc, classes, where)
         self._init(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), labels, cls, path, transform)
 
     def _init(self, x: torch.Tensor, labels: np.ndarray, classes: np.ndarray, path: Optional[str],
@@ -521,16 +241,16 @@ class ADSBSignalDataset(SignalDataset):
         self.transform = transform
         self.normalize = bool(normalize)
         self.target_length = None if target_length is None else int(target_length)
-        fc = _open(path, data_key, label_key, lazy=not in_memory)
+        fc = open_signal_file(path, data_key, label_key, lazy=not in_memory)
         self.data_key, self.label_key, self.file_kind = fc.data_key, fc.label_key, fc.kind
-        yc = _clean_labels(fc.labels, path)
-        lay = _Layout(tuple(fc.data.shape), fc.reversed, len(yc), path, fc.data_key)
+        yc = clean_labels(fc.labels, path)
+        lay = FileLayout(tuple(fc.data.shape), fc.reversed, len(yc), path, fc.data_key)
         self._layout = lay
-        self._compound = _is_complex_compound(fc.data.dtype)
+        self._compound = complex_compound_fields(fc.data.dtype)
         is_complex = self._compound is not None or np.iscomplexobj(np.empty(0, dtype=fc.data.dtype))
         self.num_channels = lay.channels_in * (2 if is_complex else 1)
         self.length = self.target_length if self.target_length is not None else lay.length
-        labels, cls = _map_labels(yc, classes, path)
+        labels, cls = map_labels(yc, classes, path)
         self._set_labels(labels, cls)
         self._h5 = None
         self._h5_pid = None
@@ -556,9 +276,9 @@ class ADSBSignalDataset(SignalDataset):
 
     # -- conversion of file-order rows to processed (n, C, L) float32 ----------------------
     def _convert(self, arr: np.ndarray, rows: Optional[np.ndarray]) -> np.ndarray:
-        out = _to_float_channels(self._layout.to_ncl(arr), self._compound)
-        out = _crop_pad(out, self.target_length)
-        _check_finite(out, self.path, rows)
+        out = to_float_channels(self._layout.to_ncl(arr), self._compound)
+        out = crop_or_pad(out, self.target_length)
+        check_finite(out, self.path, rows)
         return normalize_rms(out) if self.normalize else np.ascontiguousarray(out, dtype=np.float32)
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -575,7 +295,7 @@ class ADSBSignalDataset(SignalDataset):
             return self._array
         if self._h5 is None or self._h5_pid != os.getpid():
             import h5py
-            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=_H5_CACHE_BYTES)
+            self._h5 = h5py.File(self.path, "r", rdcc_nbytes=H5_CACHE_BYTES)
             self._h5_pid = os.getpid()
             dset = self._h5[self.data_key]
             self._mapped = None
@@ -608,8 +328,8 @@ class ADSBSignalDataset(SignalDataset):
         if isinstance(src, np.ndarray):
             raw = np.take(src[tuple(sel)], uniq, axis=lay.n_axis)
         else:
-            runs = _contiguous_runs(uniq)
-            if len(runs) > _MAX_SLICE_RUNS:
+            runs = contiguous_runs(uniq)
+            if len(runs) > MAX_SLICE_RUNS:
                 sel[lay.n_axis] = uniq
                 raw = np.asarray(src[tuple(sel)])
             elif runs:

@@ -280,9 +280,9 @@ def map_to_model_classes(ds: Any, classes: Sequence[Any], *, skip_unknown: bool,
 
     Label values the model never saw raise DataError listing them with their counts, or with
     ``skip_unknown`` are dropped (reported). Returns the re-mapped data set and the report."""
-    from .data import _clean_labels
+    from .signal_io import clean_labels
 
-    model_cls = _clean_labels(np.asarray(list(classes)), "classes")
+    model_cls = clean_labels(np.asarray(list(classes)), "classes")
     file_cls = np.asarray(ds.classes)
     counts = np.bincount(ds.labels, minlength=len(file_cls))
     try:

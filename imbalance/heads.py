@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .class_priors import as_counts, ldam_margins, log_prior  # noqa: F401  (re-exported)
+from .class_priors import ldam_margins, log_prior  # noqa: F401  (re-exported)
 from .errors import ConfigError
 from .registry import Registry
 

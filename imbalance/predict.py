@@ -32,70 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError, UserError
+from .errors import ConfigError, UserError
+from .signal_io import prepare_signals, read_signals  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-# =============================================================================================
-# Reading signals (labels optional)
-# =============================================================================================
-def read_signals(path: str, *, data_key: Optional[str] = None,
-                 label_key: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """``(x, labels)`` of a signal file: x float32 (N, C, L) before length/normalisation
-    processing, labels the raw label values (1-D) or None when the file has none.
-
-    Uses the loader's key rules, MATLAB axis reversal, layout detection and complex ->
-    channel conversion (``imbalance.data``); without labels the sample axis is the first."""
-    from . import data as D
-
-    where = path
-    if not os.path.exists(path):
-        raise DataError(f"input file not found: {path}")
-    fc = D._open(path, data_key, label_key, lazy=False, labels_required=False)
-    try:
-        dk, arr, labels, reversed_axes = fc.data_key, fc.data[()], fc.labels, fc.reversed
-    finally:
-        if fc.h5file is not None:
-            fc.h5file.close()
-    arr = np.asarray(arr)
-    if labels is not None:
-        labels = D._clean_labels(labels, where)
-        n = len(labels)
-    else:
-        shape = arr.shape[::-1] if reversed_axes else arr.shape
-        if len(shape) not in (2, 3):
-            raise DataError(f"{where}: data '{dk}' has shape {tuple(shape)}; expected (N, L), (N, C, L) or (N, L, C)")
-        n = int(shape[0])
-    lay = D._Layout(tuple(arr.shape), reversed_axes, n, where, dk)
-    x = D._to_float_channels(lay.to_ncl(arr), D._is_complex_compound(arr.dtype))
-    D._check_finite(x, where)
-    log.info("%s: %d signals, data '%s' %s -> (N, %d, %d)%s", path, x.shape[0], dk, lay.describe(), x.shape[1],
-             x.shape[2], ", with labels" if labels is not None else ", no labels")
-    return np.ascontiguousarray(x, dtype=np.float32), labels
-
-
-def prepare_signals(x: np.ndarray, *, num_channels: int, length: int, target_length: Optional[int],
-                    normalize: bool, allow_resize: bool, where: str) -> np.ndarray:
-    """The source run's per-sample processing: its ``target_length`` crop/pad, then a check
-    against the trained shape (crop/pad to it only with ``allow_resize``), then RMS
-    normalisation (``imbalance.data.normalize_rms``)."""
-    from . import data as D
-
-    if x.shape[1] != num_channels:
-        raise DataError(f"{where}: signals have {x.shape[1]} channels but the model was trained on {num_channels} "
-                        f"(complex data counts as 2: I and Q)")
-    if target_length is not None:
-        x = D._crop_pad(x, int(target_length))
-    if x.shape[2] != length:
-        if not allow_resize:
-            raise DataError(f"{where}: signals are {x.shape[2]} samples long but the model was trained on {length}; "
-                            f"pass --allow-resize to crop/pad them to {length}")
-        log.warning("%s: signals of %d samples cropped/padded to the trained length %d", where, x.shape[2], length)
-        x = D._crop_pad(x, int(length))
-    return D.normalize_rms(x) if normalize else np.ascontiguousarray(x, dtype=np.float32)
 
 
 # =============================================================================================

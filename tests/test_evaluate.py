@@ -194,7 +194,7 @@ def test_incompatible_checkpoint_names_the_keys_that_differ(trained, tmp_path):
     with pytest.raises(UserError) as err:
         load_trained_model(tmp_path / "wider.pt")
     msg = str(err.value)
-    assert "shape" in msg and "trunk.blocks.0.conv.weight" in msg and "\n" not in msg
+    assert "shape" in msg and "trunk.features.0.weight" in msg and "\n" not in msg
 
     foreign = dict(ckpt, config={**ckpt["config"], "not_a_key": 1})
     torch.save(foreign, tmp_path / "foreign.pt")
