@@ -44,9 +44,10 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from .errors import ConfigError, DataError
 
@@ -120,6 +121,19 @@ def assign_groups(
         else:
             g, mode = quantile(), "quantile"
     return [str(s) for s in g], mode
+
+
+def accuracy_and_macc(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> Tuple[float, float]:
+    """Overall accuracy and mean per-class recall over the classes present in ``target``."""
+    pred = pred.long().cpu()
+    target = target.long().cpu()
+    correct = (pred == target).long()
+    support = torch.bincount(target, minlength=num_classes).double()
+    hits = torch.bincount(target, weights=correct.double(), minlength=num_classes)
+    present = support > 0
+    acc = float(correct.double().mean()) if len(target) else float("nan")
+    macc = float((hits[present] / support[present]).mean()) if present.any() else float("nan")
+    return acc, macc
 
 
 def confusion_matrix_fast(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -20,18 +20,22 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import class_priors, heads
-from .engine import accuracy_and_macc
-from .errors import ConfigError
-from .stage2 import LWSClassifier
+from . import class_priors
+from .analysis import accuracy_and_macc
+from .classifier_chain import (  # noqa: F401  (the stage-3 wrappers; public here too)
+    LogitAdjustedOutput,
+    TauNormalizedLinear,
+    TemperatureScaledOutput,
+    classifier_weight,
+    tau_normalize,
+    tau_normalized_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,104 +53,6 @@ def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
 def logit_adjust(logits: torch.Tensor, class_counts: Sequence[int], tau: float) -> torch.Tensor:
     """``logits - tau * log(pi)`` (Menon et al. 2021, post-hoc logit adjustment)."""
     return logits - tau * log_prior(class_counts).to(logits.device, logits.dtype)
-
-
-def tau_normalized_weight(weight: torch.Tensor, tau: float) -> torch.Tensor:
-    """``w_c / ||w_c||^tau`` row by row (rows are classes)."""
-    norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return weight / norms.pow(tau)
-
-
-def classifier_weight(classifier: nn.Module) -> torch.Tensor:
-    """The (K, D) weight matrix of a classifier head (nn.Linear or a head with ``weight`` /
-    ``linear.weight`` / ``fc.weight``)."""
-    for path in ("weight", "linear.weight", "fc.weight", "base.weight"):
-        obj = classifier
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.Tensor) and obj.dim() == 2:
-            return obj
-    raise ConfigError(
-        f"tau_norm needs a classifier with a (classes x features) weight matrix; "
-        f"{type(classifier).__name__} has none"
-    )
-
-
-class TauNormalizedLinear(nn.Module):
-    """``f @ W_tau^T`` with ``W_tau = W / ||W_c||^tau`` precomputed and no bias (Kang et al.'s
-    tau_norm). ``weight`` is a buffer: stage 3 trains nothing."""
-
-    def __init__(self, weight: torch.Tensor, tau: float) -> None:
-        super().__init__()
-        self.tau = float(tau)
-        self.register_buffer("weight", tau_normalized_weight(weight.detach().float(), self.tau))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.weight.to(features.dtype))
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, classes={self.weight.shape[0]}, features={self.weight.shape[1]}"
-
-
-def tau_normalize(head: nn.Module, tau: float) -> nn.Module:
-    """A new module computing ``f @ (W / ||W_c||^tau)^T`` (no bias) from ``head``'s weight ``W``;
-    ``head`` is not modified.
-
-    - ``nn.Linear`` and the ``logit_adjust`` head (its eval-mode logits are ``W f + b``): ``W``.
-    - the ``temperature`` head ``(W f + b) / T``: ``W / T`` (the same relative norms; T kept).
-    - an LWS wrapper (``s_c * head(f)``): the wrapped head is normalised, the scales are kept.
-    - a cosine head: refused (its class vectors are already unit length).
-    """
-    return _tau_normalize(head, float(tau)).train(head.training)
-
-
-def _tau_normalize(head: nn.Module, tau: float) -> nn.Module:
-    if isinstance(head, heads.CosineMarginClassifier):
-        raise ConfigError("tau-norm on a cosine head (model.head=cosine_ldam) is a no-op: its class weights are "
-                          "already unit length; use stage3.mode=logit_adjust or a linear head")
-    if isinstance(head, LWSClassifier):
-        out = LWSClassifier(_tau_normalize(head.head, tau), head.scales.numel())
-        with torch.no_grad():
-            out.scales.copy_(head.scales)
-        out.scales.requires_grad_(False)
-        return out.to(head.scales.device)
-    if isinstance(head, heads.TemperatureScaledClassifier):
-        w = head.linear.weight.detach() / head.temperature.detach()
-    else:
-        w = classifier_weight(head).detach()
-    return TauNormalizedLinear(w, tau).to(w.device)
-
-
-class LogitAdjustedOutput(nn.Module):
-    """Wraps a head and subtracts ``tau * log(pi)`` from its logits (stage-3 logit adjustment,
-    baked into the final model so that evaluation and prediction reuse it)."""
-
-    def __init__(self, head: nn.Module, class_counts: Sequence[int], tau: float) -> None:
-        super().__init__()
-        self.head = head
-        self.tau = float(tau)
-        self.register_buffer("offset", -self.tau * log_prior(class_counts))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features) + self.offset.to(features.dtype)
-
-
-class TemperatureScaledOutput(nn.Module):
-    """Wraps a head and divides its logits by a fitted scalar ``T`` (Guo et al. 2017's post-hoc
-    temperature scaling; the argmax is unchanged)."""
-
-    def __init__(self, head: nn.Module, temperature: float) -> None:
-        super().__init__()
-        if not (math.isfinite(float(temperature)) and float(temperature) > 0):
-            raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
-        self.head = head
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = self.head(features)
-        return z / self.temperature.to(z.dtype)
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:

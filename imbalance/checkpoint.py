@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from .engine import previous_path
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,75 @@ RUNTIME_KEYS = (
     "data.num_workers", "data.pin_memory", "evaluation.batch_size",
 )
 """Keys a resumed run takes from the new command line (they do not change what is computed)."""
+
+
+def previous_path(path: Path) -> Path:
+    """Where :func:`atomic_save` with ``keep_previous`` keeps the file it replaces:
+    ``stage1_last.pt`` -> ``stage1_last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
+    """torch.save to a temporary file in the same folder (flushed to disk), then rename over
+    ``path``: a reader sees the old file or the new one, never a partial one, whenever the
+    process is killed. With ``keep_previous`` the file being replaced stays as
+    :func:`previous_path` (a fallback should ``path`` be damaged later, e.g. by a copy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            prev = previous_path(path)
+            prev_tmp = prev.with_name(f".{prev.name}.tmp{os.getpid()}")
+            try:
+                if prev_tmp.exists():
+                    prev_tmp.unlink()
+                os.link(path, prev_tmp)  # no copy: a second name for the old file
+            except OSError:
+                import shutil
+
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors / plain lists (weights_only-loadable)."""
+    import random
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class CheckpointError(UserError):
@@ -253,3 +323,120 @@ def merged_config(saved: Dict[str, Any], current: Any, explicit: Iterable[str] =
         if new != old:
             log.warning("resume: %s is ignored; the run continues with the value it started with (%r)", item, old)
     return with_schema(merged)
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch state (one owner of its format)
+# ---------------------------------------------------------------------------------------------
+class StageCheckpointer:
+    """Writes the state of stage ``stage`` at every epoch boundary into ``ckpt_dir``:
+    ``stage<k>_last.pt`` (the one before kept as ``stage<k>_last.prev.pt``) and, when the
+    monitored value improved, ``stage<k>_best.pt`` (the same state with the best weights).
+
+    A state is everything a resumed run needs to continue bit-for-bit: model, optimizer, schedule,
+    GradScaler, early stopping, RNG states (every rank's under DDP), plus ``extra()`` (the
+    sampler/loss epochs, the run's config, earlier stages' summaries), all tensors and plain
+    values (``torch.load(weights_only=True)``)."""
+
+    def __init__(self, ckpt_dir: Path, stage: int, extra: Optional[Any] = None) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.stage = int(stage)
+        self.extra = extra
+
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / f"stage{self.stage}_last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / f"stage{self.stage}_best.pt"
+
+    def save(self, *, epoch: int, global_epoch: int, epochs: int, model_state: Dict[str, Any], optimizer: Any,
+             schedule: Any, early_stopping: Any, rng: Dict[str, Any], rng_ranks: Optional[List[Any]],
+             scaler: Any, improved: bool, best_state: Dict[str, Any]) -> None:
+        state = {
+            "stage": self.stage, "epoch": int(epoch), "global_epoch": int(global_epoch), "epochs": int(epochs),
+            "model": model_state, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "early_stopping": early_stopping.state_dict(), "rng": rng, "rng_ranks": rng_ranks,
+            "scaler": scaler.state_dict() if scaler is not None else None, "completed": False,
+        }
+        if self.extra is not None:
+            state.update(self.extra())
+        atomic_save(state, self.last_path, keep_previous=True)
+        if improved:
+            atomic_save({**state, "model": best_state}, self.best_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The final model (one owner of final.pt)
+# ---------------------------------------------------------------------------------------------
+FINAL_KEYS = ("model", "classifier_chain", "calibration", "classes", "class_counts", "num_channels", "length",
+              "config")
+
+
+def save_final_model(path: Path, *, model_state: Dict[str, Any], classifier_chain: List[Dict[str, Any]],
+                     calibration: Dict[str, Any], classes: List[Any], class_counts: List[int], num_channels: int,
+                     length: int, config: Dict[str, Any]) -> None:
+    """``checkpoints/final.pt``: the final weights, the classifier chain that holds them (head and
+    stage-2/3 wrappers, :mod:`imbalance.classifier_chain`), the classes, the training counts, the
+    signal shape and the resolved config; everything a reader needs to rebuild the model."""
+    atomic_save({"model": model_state, "classifier_chain": classifier_chain,
+                 "calibration": {k: v for k, v in calibration.items() if not isinstance(v, (list, dict))},
+                 "classes": classes, "class_counts": class_counts, "num_channels": int(num_channels),
+                 "length": int(length), "config": config}, Path(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a run continues (resume=...), decided once for every rank
+# ---------------------------------------------------------------------------------------------
+def prepare_resume(cfg: Any, own: Path, overrides: Iterable[str] = ()) -> Tuple[Path, Any, Optional[ResumePoint],
+                                                                                List[str]]:
+    """The run folder (rank 0 decides; every rank uses it) and, with ``cfg.resume``, the point the
+    run continues from and the config it continues with (:func:`merged_config`). Returns
+    ``(run folder, config, resume point or None, notes to log)``."""
+    from . import distributed as D
+    from .config import validate
+    from .runtime import resolve_path
+
+    env = D.current()
+    point = None
+    notes: List[str] = []
+    if cfg.resume:
+        msg, where = None, None
+        if env.is_main:
+            value = str(cfg.resume).strip()
+            if value.lower() != "auto":
+                value = resolve_path(value)
+            try:
+                point = resolve_resume(value, root=own.parent, exp_name=str(cfg.exp_name), exclude=[own],
+                                       notes=notes)
+                where = None if point is None else (str(point.run_dir), str(point.checkpoint))
+            except CheckpointError as err:
+                msg = str(err)
+        msg, where, notes = D.broadcast_object((msg, where, notes))
+        if msg:
+            raise CheckpointError(msg)
+        if where is not None and point is None:
+            point = ResumePoint(Path(where[0]), Path(where[1]), load_checkpoint(Path(where[1])))
+    if point is not None:
+        saved = point.state.get("config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{point.checkpoint} does not hold the run's config; it cannot be resumed")
+        cfg = merged_config(saved, cfg, overrides)
+        validate(cfg)
+        rdir = point.run_dir
+    else:
+        rdir = Path(D.broadcast_object(str(own)))
+    if own != rdir and discard_if_empty(own):
+        notes.append(f"removed {own} (this command continues {rdir})")
+    return rdir, cfg, point, notes
+
+
+def report_interrupt(rdir: Path) -> None:
+    """After Ctrl-C: where the last completed epoch is saved and how to resume."""
+    lasts = sorted((Path(rdir) / "checkpoints").glob("stage*_last.pt"))
+    if lasts:
+        log.warning("interrupted; the last completed epoch is saved in %s. Resume with: python main.py resume=%s",
+                    lasts[-1], rdir)
+    else:
+        log.warning("interrupted before the first epoch completed; nothing to resume (%s)", rdir)

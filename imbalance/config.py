@@ -18,6 +18,10 @@ from .errors import ConfigError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PROJECT_ROOT = os.path.dirname(PACKAGE_DIR)
+#: The folder holding ``config.yaml`` and ``conf/``: the project folder in a source checkout (or
+#: an editable install), else the copy that ``pip install .`` puts into the package.
+CONFIG_DIR = PROJECT_ROOT if os.path.isfile(os.path.join(PROJECT_ROOT, "config.yaml")) and os.path.isdir(
+    os.path.join(PROJECT_ROOT, "conf")) else os.path.join(PACKAGE_DIR, "_config")
 
 
 @dataclass
@@ -300,7 +304,7 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("imbalance_root"):
-        OmegaConf.register_new_resolver("imbalance_root", lambda: PROJECT_ROOT)
+        OmegaConf.register_new_resolver("imbalance_root", lambda: CONFIG_DIR)
 
 
 def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = None) -> Any:
@@ -314,7 +318,7 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = N
     register_resolvers()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir or PROJECT_ROOT, version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir or CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 
 

@@ -84,6 +84,7 @@ __all__ = [
     "SignalDataset",
     "make_long_tailed_indices",
     "stratified_split",
+    "stratified_subset",
     "normalize_rms",
     "DATA_KEYS",
     "LABEL_KEYS",
@@ -426,3 +427,22 @@ def stratified_split(labels: Union[np.ndarray, Sequence[int]], val_ratio: float,
         tr.append(idx[n_val:])
     cat = lambda parts: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
     return cat(tr), cat(va)
+
+
+def stratified_subset(labels: Union[np.ndarray, Sequence[int]], max_samples: int, seed: int = 0) -> np.ndarray:
+    """At most ``max_samples`` sorted indices with every class kept in proportion (``floor`` of
+    its share, at least one sample each; the whole set when it is small enough). One
+    implementation for the saved features (``predictions.npz``) and the t-SNE figures."""
+    lab = np.asarray(labels).reshape(-1)
+    n = len(lab)
+    if n <= max_samples:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    idx = []
+    classes, counts = np.unique(lab, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * max_samples / n)).astype(int)
+    for c, q in zip(classes, quota):
+        members = np.flatnonzero(lab == c)
+        idx.append(rng.choice(members, size=min(q, len(members)), replace=False))
+    out = np.concatenate(idx)
+    return np.sort(out[:max_samples])

@@ -35,6 +35,17 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying module of a DataParallel / DistributedDataParallel / compiled wrapper."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """Where this process stands in the (possibly trivial) process group."""
@@ -206,8 +217,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if not is_enabled():
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from .engine import unwrap
 
     net = unwrap(model)
     if not any(p.requires_grad for p in net.parameters()):

@@ -10,36 +10,33 @@ Under ``torchrun`` (see :mod:`imbalance.distributed`) the same loop runs on ever
 model is DistributedDataParallel, train metrics are summed over ranks, evaluation loaders are
 contiguous shards whose predictions are gathered, the validation metrics of rank 0 are
 broadcast (so early stopping decides the same everywhere), BatchNorm buffers are synchronised
-from rank 0 after each epoch, and only the rank given a ``ckpt_dir``/``metrics`` writes.
+from rank 0 after each epoch, and only the rank given a ``checkpointer``/``metrics`` writes.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import distributed as D
+from .analysis import accuracy_and_macc  # noqa: F401  (public here too)
+from .checkpoint import StageCheckpointer, atomic_save, previous_path, rng_state, set_rng_state  # noqa: F401
+from .distributed import unwrap  # noqa: F401  (public here too)
+from .run_folder import METRICS_COLUMNS, MetricsWriter  # noqa: F401  (public here too)
 from .errors import UserError
 from .precision import Precision
 
 log = logging.getLogger(__name__)
 
-METRICS_COLUMNS = [
-    "stage", "epoch", "global_epoch", "lr", "train_loss", "train_acc",
-    "val_loss", "val_acc", "val_macc", "epoch_time",
-]
+
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -54,99 +51,6 @@ class NonFiniteLossError(UserError, RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Small pieces
 # ---------------------------------------------------------------------------------------------
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of a DataParallel / DistributedDataParallel / compiled wrapper."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def accuracy_and_macc(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> Tuple[float, float]:
-    """Overall accuracy and mean per-class recall over the classes present in ``target``."""
-    pred = pred.long().cpu()
-    target = target.long().cpu()
-    correct = (pred == target).long()
-    support = torch.bincount(target, minlength=num_classes).double()
-    hits = torch.bincount(target, weights=correct.double(), minlength=num_classes)
-    present = support > 0
-    acc = float(correct.double().mean()) if len(target) else float("nan")
-    macc = float((hits[present] / support[present]).mean()) if present.any() else float("nan")
-    return acc, macc
-
-
-def previous_path(path: Path) -> Path:
-    """Where :func:`atomic_save` with ``keep_previous`` keeps the file it replaces:
-    ``stage1_last.pt`` -> ``stage1_last.prev.pt``."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def atomic_save(obj: Any, path: Path, *, keep_previous: bool = False) -> None:
-    """torch.save to a temporary file in the same folder (flushed to disk), then rename over
-    ``path``: a reader sees the old file or the new one, never a partial one, whenever the
-    process is killed. With ``keep_previous`` the file being replaced stays as
-    :func:`previous_path` (a fallback should ``path`` be damaged later, e.g. by a copy)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if keep_previous and path.exists():
-            prev = previous_path(path)
-            prev_tmp = prev.with_name(f".{prev.name}.tmp{os.getpid()}")
-            try:
-                if prev_tmp.exists():
-                    prev_tmp.unlink()
-                os.link(path, prev_tmp)  # no copy: a second name for the old file
-            except OSError:
-                import shutil
-
-                shutil.copy2(path, prev_tmp)
-            os.replace(prev_tmp, prev)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
-def rng_state() -> Dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors / plain lists (weights_only-loadable)."""
-    import random
-
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    import random
-
-    v, internal, gauss = state["python"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs
     counted after epoch ``min_epochs`` (the last scheduled switch of the stage: a DRW start, the
@@ -189,40 +93,6 @@ class EarlyStopping:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
-
-
-class MetricsWriter:
-    """Appends one row per epoch to logs/metrics.csv (flushed every row)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            with open(self.path, "w", newline="") as fh:
-                csv.writer(fh).writerow(METRICS_COLUMNS)
-
-    def drop_rows_after(self, stage: int, epoch: int) -> None:
-        """Remove rows of ``stage`` beyond ``epoch`` and of later stages (for resume)."""
-        with open(self.path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        keep = [r for r in rows if int(r["stage"]) < stage or (int(r["stage"]) == stage and int(r["epoch"]) <= epoch)]
-        if len(keep) != len(rows):
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS)
-                w.writeheader()
-                w.writerows(keep)
-            os.replace(tmp, self.path)
-
-    def write(self, row: Dict[str, Any]) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(row.get(c)) for c in METRICS_COLUMNS])
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return "" if v is None else v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,8 +292,7 @@ def fit(
     early_stopping: EarlyStopping,
     precision: Precision,
     metrics: Optional[MetricsWriter] = None,
-    ckpt_dir: Optional[Path] = None,
-    checkpoint_extra: Optional[Callable[[], Dict[str, Any]]] = None,
+    checkpointer: Optional[StageCheckpointer] = None,
     set_train_mode: Optional[Callable[[nn.Module], None]] = None,
     grad_clip: Optional[float] = None,
     accumulation_steps: int = 1,
@@ -434,7 +303,6 @@ def fit(
     skip_nonfinite: bool = False,
     start_epoch: int = 0,
     save_module: Optional[nn.Module] = None,
-    on_epoch_end: Optional[Callable[[int], None]] = None,
     best_state: Optional[Dict[str, torch.Tensor]] = None,
     on_batch_end: Optional[Callable[[int, int], None]] = None,
     restore_best: bool = True,
@@ -483,7 +351,7 @@ def fit(
                 location=f"stage {stage}, epoch {epoch + 1}", on_batch_end=batch_hook,
             )
         except NonFiniteLossError as err:
-            last = Path(ckpt_dir) / f"stage{stage}_last.pt" if ckpt_dir is not None else None
+            last = checkpointer.last_path if checkpointer is not None else None
             where = (f"; the last good checkpoint is {last} (epoch {epoch})" if last is not None and last.exists()
                      else "")
             raise NonFiniteLossError(
@@ -515,20 +383,11 @@ def fit(
             metrics.write(row)
         rng = rng_state()
         rng_ranks = D.all_gather_object(rng) if distributed else None
-        if ckpt_dir is not None:
-            state = {
-                "stage": stage, "epoch": epoch + 1, "global_epoch": global_epoch_offset + epoch + 1,
-                "epochs": int(epochs), "model": holder.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "early_stopping": early_stopping.state_dict(), "rng": rng, "rng_ranks": rng_ranks,
-                "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-                "completed": False,
-            }
-            if checkpoint_extra is not None:
-                state.update(checkpoint_extra())
-            atomic_save(state, Path(ckpt_dir) / f"stage{stage}_last.pt", keep_previous=True)
-            if improved:
-                atomic_save({**state, "model": best_state}, Path(ckpt_dir) / f"stage{stage}_best.pt")
+        if checkpointer is not None:
+            checkpointer.save(epoch=epoch + 1, global_epoch=global_epoch_offset + epoch + 1, epochs=epochs,
+                              model_state=holder.state_dict(), optimizer=optimizer, schedule=schedule,
+                              early_stopping=early_stopping, rng=rng, rng_ranks=rng_ranks,
+                              scaler=precision.scaler, improved=improved, best_state=best_state)
         if (epoch + 1) % console_log_interval == 0 or epoch + 1 == epochs:
             log.info(
                 "stage %d epoch %3d/%d  lr %.2e  train loss %.4f acc %5.1f%%  val loss %.4f acc %5.1f%% "
@@ -536,8 +395,6 @@ def fit(
                 stage, epoch + 1, epochs, lr, tr["train_loss"], 100 * tr["train_acc"], va["val_loss"],
                 100 * va["val_acc"], 100 * va["val_macc"], "  *" if improved else "", dt,
             )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
         if early_stopping.should_stop:
             log.info("stage %d: early stop at epoch %d (best %s %.4f at epoch %d)", stage, epoch + 1,
                      early_stopping.monitor, early_stopping.best, early_stopping.best_epoch)

@@ -26,7 +26,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .errors import ConfigError, DataError, UserError
+from .results import plain
 
 log = logging.getLogger(__name__)
 
@@ -142,29 +142,36 @@ def _state_dict_diff(model: nn.Module, state: Dict[str, torch.Tensor]) -> str:
     return "; ".join(parts)
 
 
-def _build(cfg: DictConfig, info: TrainedModelInfo, n_devices: int) -> nn.Module:
-    from . import calibration as cal
+def _build(cfg: DictConfig, info: TrainedModelInfo, n_devices: int,
+           chain: Optional[List[Dict[str, Any]]] = None) -> nn.Module:
+    """The network from the source config, its classifier as ``final.pt`` recorded it (head and
+    stage-2/3 wrappers, :func:`imbalance.classifier_chain.build_chain`); no pipeline replay. A
+    checkpoint written before the chain was recorded rebuilds it from its config and calibration."""
+    from .builders import DataBundle, build_model, stage2_head
+    from .classifier_chain import (LogitAdjustedOutput, LWSClassifier, TemperatureScaledOutput, build_chain,
+                                   tau_normalize)
     from .models import swap_classifier
-    from .pipeline import DataBundle, build_model, stage2_head
-    from .stage2 import LWSClassifier
 
     data = DataBundle(train=None, val=None, test=None, classes=list(info.classes),
                       class_counts=np.asarray(info.class_counts, dtype=np.int64),
                       num_channels=info.num_channels, length=info.length)
     model = build_model(cfg, data, torch.device("cpu"), n_devices=n_devices)
-    new_head = stage2_head(cfg) if cfg.stage2.enabled else None
+    if chain:
+        model.classifier = build_chain(chain, in_features=model.feature_dim, num_classes=info.num_classes,
+                                       class_counts=info.class_counts.tolist())
+        return model
+    new_head = stage2_head(cfg) if cfg.stage2.enabled else None  # older checkpoints: no recorded chain
     if new_head is not None:
         swap_classifier(model, new_head, class_counts=data.class_counts.tolist())
     if cfg.stage2.enabled and cfg.stage2.mode == "lws":
         model.classifier = LWSClassifier(model.classifier, info.num_classes)
     calib = info.calibration
-    if calib.get("tau_norm") is not None:  # the weights come from the checkpoint
-        model.classifier = cal.tau_normalize(model.classifier, float(calib["tau_norm"]))
+    if calib.get("tau_norm") is not None:
+        model.classifier = tau_normalize(model.classifier, float(calib["tau_norm"]))
     if calib.get("logit_tau") is not None:
-        model.classifier = cal.LogitAdjustedOutput(model.classifier, info.class_counts.tolist(),
-                                                   float(calib["logit_tau"]))
+        model.classifier = LogitAdjustedOutput(model.classifier, info.class_counts.tolist(), float(calib["logit_tau"]))
     if calib.get("temperature") is not None:
-        model.classifier = cal.TemperatureScaledOutput(model.classifier, float(calib["temperature"]))
+        model.classifier = TemperatureScaledOutput(model.classifier, float(calib["temperature"]))
     return model
 
 
@@ -203,7 +210,7 @@ def load_trained_model(run_or_checkpoint: os.PathLike | str,
     diff = ""
     for n_dev in candidates:
         try:
-            model = _build(cfg, info, n_dev)
+            model = _build(cfg, info, n_dev, ckpt.get("classifier_chain"))
         except UserError as err:
             raise UserError(f"cannot rebuild the model of {path} from its config: {err}") from None
         diff = _state_dict_diff(model, state)
@@ -222,17 +229,11 @@ def load_trained_model(run_or_checkpoint: os.PathLike | str,
 # =============================================================================================
 # mode=eval
 # =============================================================================================
-def _overrides() -> Optional[List[str]]:
-    """Keys given on the command line (Hydra), or None outside a Hydra app."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+def _overrides(task: Optional[List[str]]) -> Optional[List[str]]:
+    """The keys given on the command line (Hydra), or None outside a Hydra app."""
+    if task is None:
         return None
-    keys = []
-    for o in HydraConfig.get().overrides.task:
-        k = o.split("=", 1)[0].lstrip("+~")
-        keys.append(k)
-    return keys
+    return [o.split("=", 1)[0].lstrip("+~") for o in task]
 
 
 def _default_config() -> Optional[DictConfig]:
@@ -292,22 +293,22 @@ def map_to_model_classes(ds: Any, classes: Sequence[Any], *, skip_unknown: bool,
     if file_cls.dtype.kind != model_cls.dtype.kind and not (
             file_cls.dtype.kind in "iuf" and model_cls.dtype.kind in "iuf"):
         known[:] = False
-    unknown = {str(_plain(c)): int(n) for c, n, k in zip(file_cls.tolist(), counts.tolist(), known) if not k}
-    absent = [_plain(c) for c in model_cls.tolist() if c not in set(file_cls.tolist())]
-    report = LabelReport(file_classes=[_plain(c) for c in file_cls.tolist()], unknown=unknown, absent=absent)
+    unknown = {str(plain(c)): int(n) for c, n, k in zip(file_cls.tolist(), counts.tolist(), known) if not k}
+    absent = [plain(c) for c in model_cls.tolist() if c not in set(file_cls.tolist())]
+    report = LabelReport(file_classes=[plain(c) for c in file_cls.tolist()], unknown=unknown, absent=absent)
     if unknown:
         shown = ", ".join(f"{k} ({v} samples)" for k, v in list(unknown.items())[:10])
         if not skip_unknown:
             raise DataError(
                 f"{where}: label value(s) {shown} are not among the model's classes "
-                f"{', '.join(str(_plain(c)) for c in model_cls.tolist())}; the model never saw them. "
+                f"{', '.join(str(plain(c)) for c in model_cls.tolist())}; the model never saw them. "
                 "Pass evaluation.skip_unknown_classes=true to evaluate the known classes only")
         log.warning("%s: label value(s) %s are not among the model's classes; they are left out "
                     "(evaluation.skip_unknown_classes=true)", where, shown)
     keep_rows = np.flatnonzero(known[ds.labels])
     if len(keep_rows) == 0:
         raise DataError(f"{where}: no sample has a label the model knows "
-                        f"({', '.join(str(_plain(c)) for c in model_cls.tolist())})")
+                        f"({', '.join(str(plain(c)) for c in model_cls.tolist())})")
     if len(keep_rows) < len(ds):
         report.skipped = int(len(ds) - len(keep_rows))
         ds = ds.subset(keep_rows)
@@ -318,10 +319,6 @@ def map_to_model_classes(ds: Any, classes: Sequence[Any], *, skip_unknown: bool,
         log.info("%s: %d of the model's classes have no sample in this file (%s); their recall is undefined",
                  where, len(absent), ", ".join(map(str, absent[:10])))
     return ds, report
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def _check_shape(ds: Any, info: TrainedModelInfo, where: str, hint: str) -> None:
@@ -335,7 +332,7 @@ def _check_shape(ds: Any, info: TrainedModelInfo, where: str, hint: str) -> None
 def _load_eval_data(cfg: DictConfig, info: TrainedModelInfo, overrides: Optional[List[str]]):
     """The test data set (labels mapped onto the model's classes), its files and the report."""
     from . import data as D
-    from .pipeline import resolve_path
+    from .runtime import resolve_path
 
     src = info.config.data
     cur = cfg.data
@@ -396,89 +393,81 @@ def _load_eval_data(cfg: DictConfig, info: TrainedModelInfo, overrides: Optional
 def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     """``mode=eval``: evaluate the final model of ``cfg.resume`` on ``data.path_test`` and write
     a results folder at ``run_dir`` like a training run's; return the test mAcc."""
-    from .analysis import write_confusion_matrix_csv, write_per_class_csv
+    from .builders import build_analyzer, class_names_for
+    from .evaluation import evaluate_model, public, save_predictions, write_tables
     from .loader import BatchLoader
     from .models import model_complexity
-    from .pipeline import (_pct as pct, _write_results, class_names_for, evaluate_test, public, resolve_path, save_predictions,
-                           seed_everything, select_device, set_threads, setup_logging, update_latest_link,
-                           write_figures)
+    from .pipeline import write_figures
     from .precision import make_precision
-    from .results import data_file_hashes, git_commit, versions
+    from .results import build_results, format_pct, plain, write_results
+    from .run_folder import RunFolder, update_latest_link
+    from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_path, seed_everything, \
+        select_device
 
     t_start = time.perf_counter()
     timings: Dict[str, float] = {}
-    overrides = _overrides()
+    overrides = _overrides(cli_overrides())
     source = resolve_path(cfg.resume)
-    rdir = Path(run_dir).resolve()
+    folder = RunFolder(Path(run_dir).resolve())
     # read the model before creating anything, so a bad resume= leaves no empty folder behind
     device, _ = select_device(cfg.device, cfg.gpus)
     model, info = load_trained_model(source, device=device)
     src_cfg = info.config
-    rdir.mkdir(parents=True, exist_ok=True)
-    setup_logging(rdir)
-    update_latest_link(rdir, cfg.exp_name)
-    log.info("evaluation folder: %s", rdir)
-    log.info("model: %s (source run %s)", info.checkpoint, info.source_run or "-")
-    seed_everything(int(src_cfg.seed))
-    threads = set_threads(int(cfg.num_threads), 0)
-    amp, amp_dtype = (cfg.amp, cfg.amp_dtype) if user_set(cfg, "amp", src_cfg.amp, overrides) else (
-        src_cfg.amp, src_cfg.amp_dtype)
-    precision = make_precision(device, bool(amp), amp_dtype)
-    log.info("device: %s, %d CPU threads, precision %s", device, threads, precision.name)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    handler = attach_run_log(folder.root)
+    try:
+        update_latest_link(folder.root, cfg.exp_name)
+        log.info("evaluation folder: %s", folder.root)
+        log.info("model: %s (source run %s)", info.checkpoint, info.source_run or "-")
+        seed_everything(int(src_cfg.seed))
+        amp, amp_dtype = (cfg.amp, cfg.amp_dtype) if user_set(cfg, "amp", src_cfg.amp, overrides) else (
+            src_cfg.amp, src_cfg.amp_dtype)
+        precision = make_precision(device, bool(amp), amp_dtype)
+        log.info("device: %s, %d CPU threads, precision %s", device, torch.get_num_threads(), precision.name)
 
-    t0 = time.perf_counter()
-    test, files, report = _load_eval_data(cfg, info, overrides)
-    timings["data"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        test, files, report = _load_eval_data(cfg, info, overrides)
+        timings["data"] = time.perf_counter() - t0
 
-    # Results config: the source run's (it describes the model), with this command's test file,
-    # mode and figures; the full config of this command is kept as eval_config.
-    res_cfg = OmegaConf.create(OmegaConf.to_container(src_cfg, resolve=True))
-    res_cfg.mode = "eval"
-    res_cfg.resume = str(info.checkpoint)
-    res_cfg.data.path_test = files.get("path_test")
-    res_cfg.visualization = OmegaConf.create(OmegaConf.to_container(cfg.visualization, resolve=True))
-    if res_cfg.visualization.class_names is None:
-        res_cfg.visualization.class_names = src_cfg.visualization.class_names
-    class_names = class_names_for(res_cfg, info.classes)
-    bundle = SimpleNamespace(classes=list(info.classes), class_counts=np.asarray(info.class_counts),
-                             num_classes=info.num_classes)
-    bs = int(cfg.evaluation.batch_size) if user_set(cfg, "evaluation.batch_size", src_cfg.evaluation.batch_size,
-                                                     overrides) else int(src_cfg.evaluation.batch_size)
-    loader = BatchLoader(test, bs, device=device, pin_memory=bool(cfg.data.pin_memory))
-    ctx = SimpleNamespace(cfg=res_cfg, run_dir=rdir, model=model, test_loader=loader, precision=precision,
-                          data=bundle)
+        # Results config: the source run's (it describes the model), with this command's test file,
+        # mode and figures; the full config of this command is kept as eval_config.
+        res_cfg = OmegaConf.create(OmegaConf.to_container(src_cfg, resolve=True))
+        res_cfg.mode = "eval"
+        res_cfg.resume = str(info.checkpoint)
+        res_cfg.data.path_test = files.get("path_test")
+        res_cfg.visualization = OmegaConf.create(OmegaConf.to_container(cfg.visualization, resolve=True))
+        if res_cfg.visualization.class_names is None:
+            res_cfg.visualization.class_names = src_cfg.visualization.class_names
+        class_names = class_names_for(res_cfg, info.classes)
+        bs = int(cfg.evaluation.batch_size) if user_set(cfg, "evaluation.batch_size", src_cfg.evaluation.batch_size,
+                                                         overrides) else int(src_cfg.evaluation.batch_size)
+        loader = BatchLoader(test, bs, device=device, pin_memory=bool(cfg.data.pin_memory))
 
-    t0 = time.perf_counter()
-    final = evaluate_test(ctx, features=True)
-    save_predictions(ctx, final)
-    write_per_class_csv(final, rdir / "results" / "per_class.csv", class_names=class_names)
-    write_confusion_matrix_csv(final, rdir / "results" / "confusion_matrix.csv", class_names=class_names)
-    timings["evaluation"] = time.perf_counter() - t0
-    model_info = {"name": src_cfg.model.name, **model_complexity(model, info.num_channels, info.length)}
+        t0 = time.perf_counter()
+        final = evaluate_model(model, loader, build_analyzer(res_cfg, info.class_counts.tolist()), precision=precision,
+                               features=True)
+        save_predictions(folder, final, class_counts=np.asarray(info.class_counts), classes=list(info.classes),
+                         max_samples=int(res_cfg.visualization.max_samples), seed=int(res_cfg.seed))
+        write_tables(folder, final, class_names)
+        timings["evaluation"] = time.perf_counter() - t0
+        results = build_results(
+            exp_name=cfg.exp_name, run_dir=folder.root, config=OmegaConf.to_container(res_cfg, resolve=True),
+            class_counts=info.class_counts, classes=info.classes, class_names=class_names,
+            metrics={"final": public(final)}, final=final, calibration=info.calibration,
+            model_info={"name": src_cfg.model.name, **model_complexity(model, info.num_channels, info.length)},
+            precision=precision.name, device=str(device), data_files=files.values(), timings=timings,
+            mode="eval", source_run=str(info.source_run) if info.source_run else None,
+            source_checkpoint=str(info.checkpoint), eval_config=OmegaConf.to_container(cfg, resolve=True),
+            label_mapping=report.as_dict(), num_test_samples=len(test))
+        write_results(folder, results, t_start)
+        if res_cfg.visualization.enabled:
+            write_figures(folder, res_cfg.visualization, class_names, results, t_start)
 
-    results = {
-        "exp_name": cfg.exp_name, "run_dir": str(rdir), "status": "completed", "mode": "eval",
-        "source_run": str(info.source_run) if info.source_run else None,
-        "source_checkpoint": str(info.checkpoint),
-        "config": OmegaConf.to_container(res_cfg, resolve=True),
-        "eval_config": OmegaConf.to_container(cfg, resolve=True),
-        "class_counts": info.class_counts.tolist(), "classes": [_plain(c) for c in info.classes],
-        "class_names": class_names, "metrics": {"final": public(final)},
-        "per_class": final["per_class"], "confusion_matrix": final["confusion_matrix"],
-        "grouping": final.get("grouping"), "calibration": info.calibration,
-        "label_mapping": report.as_dict(), "num_test_samples": len(test),
-        "model_info": model_info, "precision": precision.name, "device": str(device),
-        "versions": versions(), "git_commit": git_commit(),
-        "data_files": data_file_hashes(files.values()), "timings": timings,
-    }
-    _write_results(rdir, results, t_start)
-
-    if res_cfg.visualization.enabled:
-        write_figures(rdir, res_cfg.visualization, class_names, results, t_start)
-
-    f = results["metrics"]["final"]["overall"]
-    log.info("eval test (%d samples): OA %s  mAcc %s  many %s  medium %s  few %s  HM %s", len(test), pct(f["oa"]),
-             pct(f["macc"]), pct(f.get("many_acc")), pct(f.get("medium_acc")), pct(f.get("few_acc")),
-             pct(f.get("hm")))
-    log.info("results: %s", rdir / "results" / "results.json")
-    return float(f["macc"]) if f.get("macc") is not None else float("nan")
+        f = results["metrics"]["final"]["overall"]
+        log.info("eval test (%d samples): OA %s  mAcc %s  many %s  medium %s  few %s  HM %s", len(test),
+                 format_pct(f["oa"]), format_pct(f["macc"]), format_pct(f.get("many_acc")),
+                 format_pct(f.get("medium_acc")), format_pct(f.get("few_acc")), format_pct(f.get("hm")))
+        log.info("results: %s", folder.results_json)
+        return float(f["macc"]) if f.get("macc") is not None else float("nan")
+    finally:
+        detach_run_log(handler)

@@ -1,4 +1,5 @@
-"""Writing a run's results: results.json (atomically), summary.txt, provenance."""
+"""A run's results record: one builder for training and evaluation runs, results.json (written
+atomically), summary.txt, provenance."""
 from __future__ import annotations
 
 import hashlib
@@ -91,6 +92,50 @@ def data_file_hashes(paths: Iterable[Optional[str]]) -> Dict[str, str]:
 
 def _pct(v: Any) -> str:
     return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+
+def format_pct(v: Optional[float]) -> str:
+    """A fraction as a percentage for people (``'n/a'`` for None)."""
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def plain(v: Any) -> Any:
+    """A numpy/torch scalar as a plain Python value (anything else as it is)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def build_results(*, exp_name: str, run_dir: Any, config: Dict[str, Any], class_counts: Iterable[int],
+                  classes: Iterable[Any], class_names: Optional[List[str]], metrics: Dict[str, Any],
+                  final: Dict[str, Any], calibration: Dict[str, Any], model_info: Dict[str, Any], precision: str,
+                  device: str, data_files: Iterable[Optional[str]], timings: Dict[str, float],
+                  **extra: Any) -> Dict[str, Any]:
+    """The results.json record of a training run (``mode`` absent) or an evaluation run
+    (``mode="eval"`` with ``source_run``, ``eval_config``, ``label_mapping`` ... in ``extra``):
+    the resolved config, classes and training counts, metrics per stage (``final`` is what the run
+    reports), per-class results and the confusion matrix of ``final``, calibration, the model's
+    size, and provenance (versions, git commit, data file hashes, timings)."""
+    record: Dict[str, Any] = {"exp_name": exp_name, "run_dir": str(run_dir), "status": "completed"}
+    record.update(extra)
+    record.update({
+        "config": config, "class_counts": [int(c) for c in class_counts], "classes": [plain(c) for c in classes],
+        "class_names": class_names, "metrics": metrics, "per_class": final["per_class"],
+        "confusion_matrix": final["confusion_matrix"], "grouping": final.get("grouping"),
+        "calibration": calibration, "model_info": model_info, "precision": precision, "device": device,
+        "versions": versions(), "git_commit": git_commit(), "data_files": data_file_hashes(data_files),
+        "timings": timings,
+    })
+    return record
+
+
+def write_results(folder: Any, results: Dict[str, Any], t_start: Optional[float] = None) -> None:
+    """``results/results.json`` and ``results/summary.txt`` of a run folder, atomically (the total
+    time is stamped first when ``t_start`` is given)."""
+    import time
+
+    if t_start is not None:
+        results.setdefault("timings", {})["total"] = time.perf_counter() - t_start
+    write_json(folder.results_json, results)
+    atomic_write_text(folder.summary_txt, summary_text(results))
 
 
 def summary_text(results: Dict[str, Any]) -> str:

@@ -16,25 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
-import torch
 from torch import nn
 
-from .engine import unwrap
+from .classifier_chain import LWSClassifier  # noqa: F401  (public here too)
+from .distributed import unwrap
 from .registry import Registry
 
 STAGE2_MODES = Registry("stage2 mode")
-
-
-class LWSClassifier(nn.Module):
-    """Learnable weight scaling: a per-class scale on a frozen head's logits."""
-
-    def __init__(self, head: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.head = head
-        self.scales = nn.Parameter(torch.ones(num_classes))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features) * self.scales.to(features.dtype)
 
 
 @dataclass

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import plotting_style as ps
 from .analysis import GROUP_NAMES, ClassificationAnalyzer, reliability_bins
+from .data import stratified_subset
 from .errors import ConfigError, DataError, UserError
 
 import matplotlib  # noqa: E402  (plotting_style already selected Agg)
@@ -459,21 +460,6 @@ def fig_class_distribution(art: RunArtifacts, cfg: dict):
     return fig
 
 
-def _stratified_subsample(labels: np.ndarray, n_max: int, seed: int = TSNE_SEED) -> np.ndarray:
-    n = len(labels)
-    if n <= n_max:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    idx = []
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.maximum(1, np.floor(counts * n_max / n)).astype(int)
-    for c, q in zip(classes, quota):
-        members = np.flatnonzero(labels == c)
-        idx.append(rng.choice(members, size=min(q, len(members)), replace=False))
-    out = np.concatenate(idx)
-    return np.sort(out[:n_max])
-
-
 def tsne_embed(features: np.ndarray, *, n_components: int = 2, perplexity: float = 30.0,
                n_iter: int = 1000, seed: int = TSNE_SEED) -> np.ndarray:
     """PCA to 50 dims (if wider) then Barnes-Hut t-SNE; deterministic for a given seed."""
@@ -502,7 +488,7 @@ def tsne_embed(features: np.ndarray, *, n_components: int = 2, perplexity: float
 def _tsne_data(art: RunArtifacts, cfg: dict, dims: int):
     labels = art.feature_labels
     keep = (labels >= 0) & (labels < art.num_classes)
-    idx = _stratified_subsample(labels[keep], int(cfg["max_samples"]))
+    idx = stratified_subset(labels[keep], int(cfg["max_samples"]), TSNE_SEED)
     feats = art.features[keep][idx]
     labs = labels[keep][idx]
     if len(labs) < 10:

@@ -1,15 +1,12 @@
 """Shared fixtures: tiny configs that train in seconds on a CPU."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # A complete pipeline (stage 1, stage 2, evaluation) on the built-in data in a few seconds.
 TINY = [
@@ -29,7 +26,11 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
+    """One intra-op thread in every test, as the tiny configs' ``num_threads=1`` gives a command
+    line run (``imbalance.pipeline.run`` itself leaves the process's threads alone), so in-process
+    and subprocess runs compute the same numbers."""
     n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 

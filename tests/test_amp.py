@@ -19,10 +19,11 @@ def _results(rdir):
 
 
 def test_cpu_amp_is_bf16_autocast_with_float32_losses(tmp_path, monkeypatch):
+    import imbalance.builders as B
     import imbalance.pipeline as P
 
     seen = {"model": set(), "loss": set()}
-    build_model, build_loss = P.build_model, P.build_loss
+    build_model, build_loss = B.build_model, B.build_loss
 
     def model_spy(*a, **k):
         m = build_model(*a, **k)
@@ -34,8 +35,8 @@ def test_cpu_amp_is_bf16_autocast_with_float32_losses(tmp_path, monkeypatch):
         loss.register_forward_pre_hook(lambda mod, inp: seen["loss"].add(inp[0].dtype))
         return loss
 
-    monkeypatch.setattr(P, "build_model", model_spy)
-    monkeypatch.setattr(P, "build_loss", loss_spy)
+    monkeypatch.setattr(B, "build_model", model_spy)
+    monkeypatch.setattr(B, "build_loss", loss_spy)
     rdir = tmp_path / "amp"
     P.run(tiny_cfg("amp=true", "stage2.feature_cache=false"), run_dir=rdir)
     res = _results(rdir)
@@ -135,10 +136,10 @@ def test_dataparallel_path_without_gpus_trains_the_same_model(tmp_path, monkeypa
 
 def test_gpus_on_a_cpu_machine_do_not_wrap_and_warn(monkeypatch):
     from imbalance.errors import ConfigError
-    from imbalance.pipeline import select_device
+    from imbalance.runtime import select_device
 
     messages = []
-    monkeypatch.setattr(logging.getLogger("imbalance.pipeline"), "warning",
+    monkeypatch.setattr(logging.getLogger("imbalance.runtime"), "warning",
                         lambda msg, *a: messages.append(msg % a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert select_device("auto", "0,1") == (torch.device("cpu"), [])

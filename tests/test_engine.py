@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from imbalance.checkpoint import StageCheckpointer
 from imbalance.engine import (EarlyStopping, MetricsWriter, accuracy_and_macc, atomic_save, fit,
                               rng_state, set_rng_state)
 from imbalance.loader import BatchLoader, TensorPairDataset
@@ -122,7 +123,7 @@ def test_fit_logs_the_rate_each_epoch_used_and_restores_the_best(tmp_path):
     res = fit(model, stage=1, train_loader=BatchLoader(ds, 64, shuffle=True), val_loader=BatchLoader(ds, 64),
               loss_fn=nn.CrossEntropyLoss(), optimizer=opt, schedule=sched, epochs=4, num_classes=2,
               early_stopping=es, precision=make_precision(torch.device("cpu"), False), metrics=writer,
-              ckpt_dir=tmp_path / "ck")
+              checkpointer=StageCheckpointer(tmp_path / "ck", 1))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [float(r["lr"]) for r in rows] == pytest.approx(used, rel=1e-5)
     assert res.epochs_run == 4 and (tmp_path / "ck" / "stage1_best.pt").exists()

@@ -66,7 +66,7 @@ def test_cpu_run_is_bit_for_bit_repeatable(run_tiny):
 
 
 def test_validation_is_disjoint_from_the_long_tailed_training_subset(tiny):
-    from imbalance.pipeline import build_data
+    from imbalance.builders import build_data
 
     data = build_data(tiny())
     train = data.train.x.reshape(len(data.train), -1)
@@ -161,7 +161,7 @@ def test_ldam_on_the_cosine_head_scales_once():
 
     from imbalance.heads import CosineMarginClassifier
     from imbalance.losses import ldam_margins
-    from imbalance.pipeline import build_loss
+    from imbalance.builders import build_loss
 
     counts = [100, 30, 10, 3]
     head = CosineMarginClassifier(in_features=8, num_classes=4, class_counts=counts, scale=16.0)

@@ -61,7 +61,7 @@ def test_ldam_through_lws_on_a_cosine_head_scales_once():
     """LWS multiplies the cosine head's s*cos by per-class scales; LDAM then subtracts s*m_y from
     the true logit: CE(scales * s * cos - s * m_y e_y), never s * (s * cos ...)."""
     from imbalance.heads import CosineMarginClassifier, ldam_margins
-    from imbalance.pipeline import build_loss, loss_kwargs
+    from imbalance.builders import build_loss, loss_kwargs
     from imbalance.stage2 import LWSClassifier
 
     from imbalance.config import compose
@@ -135,7 +135,7 @@ def test_prior_based_loss_with_a_sampler_points_to_prior_sampled(tiny, tmp_path,
 
 def test_prior_sampled_with_a_class_balanced_sampler_is_plain_ce():
     from imbalance.config import compose
-    from imbalance.pipeline import build_loss, loss_kwargs
+    from imbalance.builders import build_loss, loss_kwargs
     from imbalance.samplers import make_sampler
 
     counts = _demo_counts()
@@ -189,7 +189,8 @@ def test_checkpoint_select_last_keeps_the_annealed_weights(run_tiny):
 
 def test_val_loss_is_plain_cross_entropy_whatever_the_training_loss(tiny, tmp_path):
     from imbalance.config import with_schema
-    from imbalance.pipeline import build_data, build_model, run
+    from imbalance.builders import build_data, build_model
+    from imbalance.pipeline import run
 
     cfg = tiny("loss.name=FocalLoss", "training.epochs=1", "stage2.enabled=false")
     run(cfg, run_dir=tmp_path / "r")
@@ -216,7 +217,7 @@ def test_label_smoothing_on_a_loss_without_it_is_one_clear_error(tiny, tmp_path)
 
 def test_label_smoothing_reaches_a_ce_family_loss():
     from imbalance.config import compose
-    from imbalance.pipeline import build_loss, loss_kwargs
+    from imbalance.builders import build_loss, loss_kwargs
 
     counts = [30, 10, 2]
     cfg = compose(["loss.name=CostSensitiveCE"])
@@ -230,7 +231,7 @@ def test_label_smoothing_reaches_a_ce_family_loss():
 
 def test_combined_loss_parts_receive_the_loss_section_keys():
     from imbalance.config import compose
-    from imbalance.pipeline import build_loss, loss_kwargs
+    from imbalance.builders import build_loss, loss_kwargs
 
     cfg = compose(["loss.name=CombinedLoss", "loss.focal_gamma=0.5"])
     loss = build_loss("CombinedLoss", [10, 5], loss_kwargs(cfg.loss))

@@ -49,16 +49,16 @@ def _assert_same_run(a, b):
 
 
 def _interrupt_after(monkeypatch, global_epoch):
-    """Ctrl-C in the middle of global epoch ``global_epoch + 1`` (after its first batch)."""
+    """Ctrl-C in the middle of global epoch ``global_epoch + 1`` (after its first batch), through
+    the run's batch hook."""
     import imbalance.pipeline as P
 
-    def hook():
-        def h(epoch, batch):
-            if epoch == global_epoch + 1 and batch == 1:
-                raise KeyboardInterrupt
-        return h
+    def hook(epoch, batch):
+        if epoch == global_epoch + 1 and batch == 1:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "_test_kill_hook", hook)
+    orig = P._train
+    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +209,11 @@ def test_resuming_a_finished_run_or_a_missing_path_is_one_clear_error(tmp_path, 
 
 
 def test_a_nonfinite_loss_stops_with_its_location_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import imbalance.builders as B
     import imbalance.pipeline as P
     from imbalance.engine import NonFiniteLossError
 
-    orig = P.build_loss
+    orig = B.build_loss
 
     def poisoned(*a, **k):
         loss = orig(*a, **k)
@@ -230,7 +231,7 @@ def test_a_nonfinite_loss_stops_with_its_location_and_keeps_the_last_good_checkp
         loss.forward = f
         return loss
 
-    monkeypatch.setattr(P, "build_loss", poisoned)
+    monkeypatch.setattr(B, "build_loss", poisoned)
     rdir = tmp_path / "r"
     with pytest.raises(NonFiniteLossError) as err:
         P.run(tiny_cfg("training.epochs=3", "stage2.enabled=false", "data.imbalance_ratio=50"), run_dir=rdir)
@@ -251,8 +252,8 @@ def test_a_nonfinite_loss_stops_with_its_location_and_keeps_the_last_good_checkp
 def test_sigkill_mid_epoch_then_resume_auto_from_the_command_line(tmp_path, reference):
     """The real thing: ``python main.py`` killed with SIGKILL in epoch 3, then
     ``python main.py resume=auto``: same folder, same final metrics and weights."""
-    env = dict(os.environ, IMBALANCE_TEST_KILL_AFTER_EPOCH="2", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, str(ROOT / "main.py"), *TINY, *RES]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "tests" / "kill_after.py"), "2", *TINY, *RES]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     runs = [d for d in (tmp_path / "experiments").iterdir() if not d.is_symlink()]
@@ -260,7 +261,6 @@ def test_sigkill_mid_epoch_then_resume_auto_from_the_command_line(tmp_path, refe
     rdir = runs[0]
     assert torch.load(rdir / "checkpoints" / "stage1_last.pt", weights_only=True)["epoch"] == 2
 
-    env.pop("IMBALANCE_TEST_KILL_AFTER_EPOCH")
     p = subprocess.run([sys.executable, str(ROOT / "main.py"), "resume=auto", "num_threads=1"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

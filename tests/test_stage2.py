@@ -119,10 +119,10 @@ def test_tau_auto_never_reads_the_test_split(tiny, tmp_path, monkeypatch):
         def __len__(self):
             return 1
 
-    def guarded(ctx):
+    def guarded(ctx, *rest):
         real, ctx.test_loader = ctx.test_loader, Poison()
         try:
-            return orig(ctx)
+            return orig(ctx, *rest)
         finally:
             ctx.test_loader = real
 

@@ -140,9 +140,9 @@ def test_every_inference_after_training_runs_in_eval_mode(head, tiny, tmp_path, 
     handles = []
     orig = P.run_stage3
 
-    def recording(ctx):
+    def recording(ctx, *rest):
         handles.append(_hook_recording_heads(records))
-        return orig(ctx)
+        return orig(ctx, *rest)
 
     monkeypatch.setattr(P, "run_stage3", recording)
     mode = "logit_adjust" if head == "cosine_ldam" else "both"
@@ -161,6 +161,8 @@ def test_stage3_logit_tau_is_chosen_on_eval_mode_logits_of_a_logit_adjust_head(t
     train-mode logits would pick a tau shifted by the head's own tau; the chosen tau must be the
     best of the eval-mode curve."""
     import imbalance.pipeline as P
+    from imbalance.builders import build_data
+    from imbalance.config import with_schema
     from imbalance.evaluate import load_trained_model
 
     cfg = tiny("model.head=logit_adjust", "stage2.enabled=false", "stage3.mode=logit_adjust",
@@ -169,7 +171,7 @@ def test_stage3_logit_tau_is_chosen_on_eval_mode_logits_of_a_logit_adjust_head(t
     res = json.loads((tmp_path / "r" / "results" / "results.json").read_text())
     chosen = res["calibration"]["logit_tau"]
     model, info = load_trained_model(tmp_path / "r")
-    data = P.build_data(P.with_schema(cfg))  # the same validation split (seeded)
+    data = build_data(with_schema(cfg))  # the same validation split (seeded)
     x, y = data.val.get_batch(torch.arange(len(data.val)))
     with torch.no_grad():
         f = model.forward_features(x)
@@ -242,13 +244,14 @@ def test_the_feature_cache_path_works_with_tensors_that_refuse_numpy(tiny, tmp_p
     into numpy arrays. Every tensor that ``predict`` returns and the pipeline moves to the device
     refuses ``.numpy()`` here, as a CUDA tensor does."""
     import imbalance.pipeline as P
+    import imbalance.stages as S
 
-    orig = P.predict
+    orig = S.predict
 
     def on_device(*a, **k):
         return {key: v.as_subclass(_HostTensor) for key, v in orig(*a, **k).items()}
 
-    monkeypatch.setattr(P, "predict", on_device)
+    monkeypatch.setattr(S, "predict", on_device)
     P.run(tiny("stage2.mode=crt", "stage2.feature_cache=true", "stage3.mode=both", "stage3.temperature=auto"),
           run_dir=tmp_path / "r")
     assert (tmp_path / "r" / "results" / "results.json").exists()

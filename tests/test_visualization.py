@@ -273,7 +273,9 @@ def test_tsne_embedding_is_deterministic():
 
 
 def test_stratified_subsample_keeps_every_class():
+    from imbalance.data import stratified_subset
+
     labels = np.array([0] * 1000 + [1] * 50 + [2] * 3)
-    idx = vz._stratified_subsample(labels, 100)
+    idx = stratified_subset(labels, 100)
     assert len(idx) <= 100 and set(labels[idx]) == {0, 1, 2}
     assert len(np.unique(idx)) == len(idx)
