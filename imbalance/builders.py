@@ -53,6 +53,38 @@ def check_names(cfg: DictConfig) -> None:
     recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM with a non-normalised head is refused
     if cfg.stage2.enabled:
         stage2_head(cfg)
+    model_options_from(cfg)
+
+
+def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
+    """The model-specific keywords of ``model:`` (its typed option fields that are set, and
+    ``model.params``), checked against the model named: an option that model does not take is a
+    ConfigError listing its options, before any data is read."""
+    from .config import MODEL_OPTION_KEYS
+    from .models import MODELS, model_options
+
+    m = cfg.model
+    name = MODELS.canonical(m.name)
+    opts: Dict[str, Any] = {}
+    for key in MODEL_OPTION_KEYS:
+        value = m.get(key)
+        if value is not None:
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            if key == "spectral_window" and str(value).lower() in ("none", "null", ""):
+                value = None
+            opts[key] = value
+    params = OmegaConf.to_container(m.params, resolve=True) or {}
+    both = sorted(set(opts) & set(params))
+    if both:
+        raise ConfigError(f"model option(s) {', '.join(both)} set both as model.<option> and model.params; keep one")
+    opts.update(params)
+    valid = model_options(name)
+    bad = sorted(k for k in opts if k not in valid)
+    if bad:
+        raise ConfigError(f"model {name} has no option(s) {', '.join(bad)}; its options: "
+                          f"{', '.join(valid) if valid else '(none)'}")
+    return opts
+
 
 @dataclass
 class DataBundle:
@@ -146,7 +178,7 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
 
     m = cfg.model
     per_device_batch = max(1, int(cfg.data.batch_size) // max(1, n_devices))
-    params = OmegaConf.to_container(m.params, resolve=True) or {}
+    params = model_options_from(cfg)
     model = create_model(
         m.name, num_classes=data.num_classes, in_channels=data.num_channels, dropout_rate=float(m.dropout),
         use_attention=bool(m.use_attention), norm_kind=m.norm_kind, width=m.width, depth=m.depth,

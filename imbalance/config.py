@@ -79,15 +79,32 @@ class ModelConfig:
     name: str = "ConvNetADSB"
     dropout: float = 0.1
     use_attention: bool = True
-    norm_kind: str = "auto"
-    width: Optional[int] = None  # base channels; null: the seed's full size
-    depth: Optional[int] = None  # blocks / stages; null: the seed's full size
-    params: Dict[str, Any] = field(default_factory=dict)  # model-specific extras
+    norm_kind: str = "auto"  # auto / bn / gn / ln
+    width: Optional[int] = 32  # null: the origin's full size (ORIGIN_MODELS.md); 32/4 is the quick demo
+    depth: Optional[int] = 4
     head: str = "auto"  # auto (linear; cosine_ldam with LDAMLoss) / linear / cosine_ldam / logit_adjust / temperature
     head_params: Dict[str, Any] = field(default_factory=dict)
     init: str = "default"  # default / balanced_xavier / xavier / kaiming
     log_prior_bias: bool = False
     init_temperature: float = 1.0
+    # Model-specific options (typed: a misspelt one fails when the config is composed); null keeps
+    # the model's own default. Each is checked against the model finally named (conf/model/*.yaml
+    # sets a model and shows its options).
+    kernel_size: Optional[int] = None  # ConvNetSE
+    blocks_per_stage: Optional[int] = None  # ResNet1D, ResNetFrequencyExpert, MixtureOfExpertsResNet
+    spectral_mode: Optional[str] = None  # frequency experts and mixtures: powerlog / ri / magphase
+    spectral_window: Optional[str] = None  # hann / none
+    complex_iq: Optional[bool] = None  # 2 channels are one complex I/Q signal
+    experts: Optional[List[str]] = None  # mixtures: a subset of time, tcn, freq
+    gate_hidden: Optional[int] = None  # mixtures
+    gate_dropout: Optional[float] = None  # mixtures
+    load_balance_weight: Optional[float] = None  # mixtures: weight of the gate-entropy regulariser
+    params: Dict[str, Any] = field(default_factory=dict)  # further model keywords (checked before data loads)
+
+
+#: ModelConfig fields that are model-specific options (passed to the model when not null).
+MODEL_OPTION_KEYS = ("kernel_size", "blocks_per_stage", "spectral_mode", "spectral_window", "complex_iq", "experts",
+                     "gate_hidden", "gate_dropout", "load_balance_weight")
 
 
 @dataclass
@@ -119,8 +136,8 @@ class SamplingConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 200
-    lr: float = 1e-3
+    epochs: int = 60
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     optimizer: str = "Adam"
     momentum: float = 0.9
@@ -134,7 +151,7 @@ class TrainingConfig:
 @dataclass
 class SchedulerConfig:
     name: str = "cosine"  # cosine / step / plateau / cosine_warmup_restarts / none
-    warmup_epochs: int = 5
+    warmup_epochs: int = 2
     warmup_multiplier: float = 1.0
     min_lr: float = 0.0
     step_size: int = 30
@@ -148,7 +165,7 @@ class SchedulerConfig:
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = True
-    patience: int = 20
+    patience: int = 15
     monitor: str = "val_macc"  # val_macc / val_acc / val_loss
     mode: str = "max"  # max / min
     min_delta: float = 0.0
@@ -159,15 +176,15 @@ class EarlyStoppingConfig:
 class Stage2Config:
     enabled: bool = True
     mode: str = "crt"  # crt / finetune / lws
-    epochs: int = 200
-    lr: float = 1e-4
+    epochs: int = 50  # cheap: a frozen backbone trains the classifier on cached features
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     optimizer: str = "Adam"
     momentum: float = 0.9
     scheduler: str = "cosine"
-    loss: str = "CostSensitiveCE"
+    loss: str = "CrossEntropy"
     cost_strategy: str = "auto"
-    sampler: str = "progressive_power"
+    sampler: str = "class_balanced"
     alpha: float = 0.5
     alpha_start: float = 0.5
     alpha_end: float = 0.0
@@ -220,7 +237,7 @@ class ExperimentConfig:
 @dataclass
 class VisualizationConfig:
     enabled: bool = True
-    dpi: int = 400
+    dpi: int = 300
     panel_mm: float = 85.0
     panel_scale: float = 1.0
     max_samples: int = 5000
@@ -245,7 +262,7 @@ class VisualizationConfig:
 
 @dataclass
 class Config:
-    exp_name: str = "my_experiment"
+    exp_name: str = "demo"
     seed: int = 42
     device: str = "auto"  # auto / cpu / cuda / cuda:N
     gpus: str = "0"
@@ -300,11 +317,16 @@ def register_configs() -> None:
 
 
 def register_resolvers() -> None:
-    """``${imbalance_root:}`` -> the project folder (for hydra.searchpath)."""
+    """``${imbalance_root:}`` -> the config folder (for hydra.searchpath);
+    ``${imbalance_fraction:N,f}`` -> ``floor(f * N)`` (a schedule point as a share of the epochs)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("imbalance_root"):
         OmegaConf.register_new_resolver("imbalance_root", lambda: CONFIG_DIR)
+    if not OmegaConf.has_resolver("imbalance_fraction"):
+        # ${imbalance_fraction:${training.epochs},0.8} -> floor(0.8 * epochs), e.g. a DRW start
+        OmegaConf.register_new_resolver("imbalance_fraction",
+                                        lambda total, frac: int(math.floor(float(total) * float(frac) + 1e-9)))
 
 
 def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = None) -> Any:

@@ -394,10 +394,9 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     """``mode=eval``: evaluate the final model of ``cfg.resume`` on ``data.path_test`` and write
     a results folder at ``run_dir`` like a training run's; return the test mAcc."""
     from .builders import build_analyzer, class_names_for
-    from .evaluation import evaluate_model, public, save_predictions, write_tables
+    from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
     from .loader import BatchLoader
     from .models import model_complexity
-    from .pipeline import write_figures
     from .precision import make_precision
     from .results import build_results, format_pct, plain, write_results
     from .run_folder import RunFolder, update_latest_link

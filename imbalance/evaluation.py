@@ -1,9 +1,11 @@
 """Evaluating a model on a test loader and writing what the figures and tables need."""
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,9 +15,12 @@ from .analysis import write_confusion_matrix_csv, write_per_class_csv
 from .data import stratified_subset
 from .engine import predict
 from .precision import Precision
+from .results import write_results
 from .run_folder import RunFolder
 
-__all__ = ["evaluate_model", "public", "save_predictions", "write_tables"]
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_model", "public", "save_predictions", "write_tables", "write_figures"]
 
 
 def evaluate_model(model: nn.Module, loader: Any, analyzer: Any, *, precision: Optional[Precision] = None,
@@ -61,3 +66,22 @@ def write_tables(folder: RunFolder, final: Dict[str, Any], class_names: Optional
     """``results/per_class.csv`` and ``results/confusion_matrix.csv``."""
     write_per_class_csv(final, folder.per_class_csv, class_names=class_names)
     write_confusion_matrix_csv(final, folder.confusion_matrix_csv, class_names=class_names)
+
+
+def write_figures(folder: RunFolder, viz: Any, class_names: Optional[List[str]], results: Dict[str, Any],
+                  t_start: float) -> None:
+    """Every enabled figure from the run folder's artifacts; its time goes into results.json.
+    A failing figure is logged and never loses the results already written."""
+    t0 = time.perf_counter()
+    try:
+        from .visualization import visualize_all_results
+
+        from omegaconf import OmegaConf
+
+        viz = OmegaConf.to_container(viz, resolve=True) if OmegaConf.is_config(viz) else dict(viz)
+        written = visualize_all_results(folder.root, viz, class_names=class_names)
+        log.info("figures: %d files in %s", len(written), folder.results)
+    except Exception as err:
+        log.exception("figures failed: %s", err)
+    results["timings"]["figures"] = time.perf_counter() - t0
+    write_results(folder, results, t_start)

@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, prepare_resume, remove_stale_temporarie
 from .classifier_chain import describe_chain
 from .config import validate, with_schema
 from .engine import predict
-from .evaluation import evaluate_model, public, save_predictions, write_tables
+from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
 from .precision import make_precision
 from .results import build_results, format_pct, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
@@ -232,21 +232,4 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     return float(val_macc)
 
 
-def write_figures(folder: RunFolder, viz: Any, class_names: Optional[List[str]], results: Dict[str, Any],
-                  t_start: float) -> None:
-    """Every enabled figure from the run folder's artifacts; its time goes into results.json.
-    A failing figure is logged and never loses the results already written."""
-    t0 = time.perf_counter()
-    try:
-        from .visualization import visualize_all_results
-
-        viz = OmegaConf.to_container(viz, resolve=True) if OmegaConf.is_config(viz) else dict(viz)
-        written = visualize_all_results(folder.root, viz, class_names=class_names)
-        log.info("figures: %d files in %s", len(written), folder.results)
-    except Exception as err:
-        log.exception("figures failed: %s", err)
-    results["timings"]["figures"] = time.perf_counter() - t0
-    write_results(folder, results, t_start)
-
-
-__all__ = ["run", "write_figures"]
+__all__ = ["run"]

@@ -307,14 +307,17 @@ _FORMAT_NAMES = {"mat": "MATLAB v5", "mat73": "MATLAB v7.3 (HDF5)", "h5": "HDF5"
 
 def _file_arrays(x: np.ndarray, y: np.ndarray, fmt: str, real_channels: bool):
     """User-file layout: MATLAB files get X complex (N, L) (or (N, 2, L) real) and Y (N, 1)
-    1-based float64; HDF5/npz files get X (N, 2, L) float32 (or complex64 (N, L)) and Y (N,)
-    1-based int64."""
+    float64; HDF5/npz files get X (N, 2, L) float32 (or complex64 (N, L)) and Y (N,) int64.
+
+    The label values are the built-in data's own, 0..K-1, in every format (one convention
+    wherever the data appears): a model trained on the built-in data in memory evaluates the
+    exported files, and the other way round."""
     if fmt in ("mat", "mat73"):
         xx = x if real_channels else (x[:, 0, :].astype(np.float64) + 1j * x[:, 1, :].astype(np.float64))
-        yy = (y.astype(np.float64) + 1.0).reshape(-1, 1)
+        yy = y.astype(np.float64).reshape(-1, 1)
     else:
         xx = x if real_channels else (x[:, 0, :] + 1j * x[:, 1, :]).astype(np.complex64)
-        yy = y.astype(np.int64) + 1
+        yy = y.astype(np.int64)
     return xx, yy
 
 

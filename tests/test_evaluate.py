@@ -77,7 +77,7 @@ def test_eval_on_the_runs_own_test_file_reproduces_its_final_metrics_exactly(tra
 
 
 def test_checkpoint_path_and_another_file_format(trained, tmp_path):
-    """A checkpoint file in place of the folder; the test data as HDF5 with 1-based int labels."""
+    """A checkpoint file in place of the folder; the test data as HDF5 with int labels."""
     from imbalance.synthetic import write_dataset
 
     h5 = tmp_path / "test.h5"
@@ -131,7 +131,7 @@ def test_label_the_model_never_saw_is_reported_not_remapped(trained, tmp_path):
 
     x, y = trained["test_xy"]
     y2 = y.copy()
-    y2[y == 9] = 98  # written 1-based: file label 99 replaces class 10
+    y2[y == 9] = 99  # file label 99 replaces class 9
     bad = tmp_path / "unknown.mat"
     write_dataset(str(bad), x, y2, fmt="mat")
     with pytest.raises(DataError) as err:
@@ -149,16 +149,16 @@ def test_skip_unknown_classes_keeps_the_known_samples_with_their_own_classes(tra
     x, y = trained["test_xy"]
     path = trained["dir"] / "unknown_skip.mat"
     y2 = y.copy()
-    y2[y == 0] = 98  # file label 99 replaces class 1: every other label must shift down if remapped
+    y2[y == 0] = 99  # file label 99 replaces class 0: every other label would shift down if remapped
     write_dataset(str(path), x, y2, fmt="mat")
     ds = ADSBSignalDataset(str(path))
-    classes = list(range(1, 11))
+    classes = list(range(10))
     with pytest.raises(DataError, match=r"99 \(20 samples\)"):
         map_to_model_classes(ds, classes, skip_unknown=False, where="f")
     got, report = map_to_model_classes(ds, classes, skip_unknown=True, where="f")
     keep = y != 0
-    assert report.unknown == {"99": 20} and report.skipped == 20 and report.absent == [1]
-    np.testing.assert_array_equal(got.labels, y[keep])  # 0-based index of the 1-based value
+    assert report.unknown == {"99": 20} and report.skipped == 20 and report.absent == [0]
+    np.testing.assert_array_equal(got.labels, y[keep])  # the index of the label value 0..9
     np.testing.assert_array_equal(np.asarray(got.classes), classes)
     np.testing.assert_array_equal(got.x.numpy(), ADSBSignalDataset(str(path)).x.numpy()[keep])
 
@@ -210,7 +210,7 @@ def test_incompatible_checkpoint_names_the_keys_that_differ(trained, tmp_path):
 def test_other_length_or_channels_is_an_error_unless_resizing_is_allowed(trained, tmp_path):
     x, y = trained["test_xy"]
     short = tmp_path / "short.npz"
-    np.savez(short, X=x[:, :, :200], Y=y + 1)  # the training file is 1-based
+    np.savez(short, X=x[:, :, :200], Y=y)
     with pytest.raises(DataError) as err:
         evaluate(tmp_path, trained["run"], short)
     assert "2 channels x 200 samples" in str(err.value) and "2 channels x 256 samples" in str(err.value)
@@ -230,7 +230,7 @@ def test_other_length_or_channels_is_an_error_unless_resizing_is_allowed(trained
     np.testing.assert_allclose(np.load(out / "results" / "predictions.npz")["prob"], prob, atol=1e-5)
 
     three = tmp_path / "three.npz"
-    np.savez(three, X=np.concatenate([x, x[:, :1]], axis=1), Y=y + 1)
+    np.savez(three, X=np.concatenate([x, x[:, :1]], axis=1), Y=y)
     with pytest.raises(DataError, match="3 channels x 256 samples but the model was trained on 2 channels"):
         evaluate(tmp_path, trained["run"], three)
 

@@ -31,7 +31,7 @@ def test_predict_a_file_without_labels_matches_the_runs_own_probabilities(traine
     assert rc == 0, capsys.readouterr().err
     rows = read_csv(out)
     prob = saved_prob(trained)  # computed by the training pipeline on the same signals
-    classes = list(range(1, 11))  # the file's labels were 1-based
+    classes = list(range(10))  # the built-in data's label values, in every format
     assert len(rows) == len(prob) and "label" not in rows[0]
     assert list(rows[0]) == ["index", "predicted", "probability", "top1_class", "top1_prob", "top2_class",
                              "top2_prob", "top3_class", "top3_prob"]
@@ -52,7 +52,7 @@ def test_labelled_mat_file_and_checkpoint_path(trained, tmp_path):  # noqa: F811
     write_predictions_csv(str(tmp_path / "p.csv"), preds, top_k=2)
     rows = read_csv(tmp_path / "p.csv")
     _, y = trained["test_xy"]
-    assert [int(r["label"]) for r in rows] == (y + 1).tolist()
+    assert [int(r["label"]) for r in rows] == y.tolist()
 
 
 def test_mat_file_with_signals_only(trained, tmp_path):  # noqa: F811
