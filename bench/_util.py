@@ -4,13 +4,10 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def timed(fn: Callable[[], object]) -> float:

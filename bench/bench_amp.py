@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import ROOT, machine_line  # noqa: E402
 
 import torch  # noqa: E402

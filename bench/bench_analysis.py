@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imbalance.analysis import ClassificationAnalyzer  # noqa: E402
 

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import ROOT, machine_line  # noqa: E402
 
 ORDER = ["data", "stage1", "stage2", "stage3", "evaluation", "figures"]

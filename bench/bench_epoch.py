@@ -8,7 +8,7 @@ pass (eval mode, no grad, evaluation.batch_size) after every epoch:
 - baseline: ``for`` over slices of a fresh ``randperm`` of the contiguous tensor: forward,
   cross-entropy, backward, clip, step (running loss with ``.item()``); then the validation
   pass counting correct predictions;
-- ours: ``imbalance.pipeline.run_stage1`` on a ``RunContext`` as ``run`` builds it: sampler,
+- ours: ``imbalance.stages.run_stage1`` on a ``RunContext`` and ``builders.build_stage1`` as ``run`` builds them: sampler,
   ``BatchLoader``, loss, schedule, early stopping, ``logs/metrics.csv``, per-epoch
   checkpoints (``stage1_last.pt``, ``stage1_best.pt``) and best-weights copies, the log
   line, and the tqdm progress bar (to /dev/null).
@@ -27,11 +27,9 @@ import copy
 import io
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import interleaved, machine_line, ratio_summary  # noqa: E402
 
 import torch  # noqa: E402
@@ -39,14 +37,14 @@ from torch import nn  # noqa: E402
 
 
 def build(args):
-    from imbalance.config import compose
-    from imbalance.engine import MetricsWriter
-    from imbalance.pipeline import (RunContext, build_data, build_model, cfg_eval_batch, make_loader,
-                                    seed_everything)
+    from imbalance.builders import build_data, build_model, cfg_eval_batch, make_loader
+    from imbalance.config import compose, with_schema
+    from imbalance.run_folder import MetricsWriter, RunFolder
+    from imbalance.runtime import seed_everything
 
     overrides = [f"training.epochs={args.epochs}", "progress_bar=true", "visualization.enabled=false",
                  *args.override]
-    cfg = compose(overrides)
+    cfg = with_schema(compose(overrides))
     seed_everything(int(cfg.seed))
     data = build_data(cfg)
     device = torch.device("cpu")
@@ -66,18 +64,19 @@ def build(args):
     root.addHandler(fh)
 
     def ours():
-        from imbalance.pipeline import run_stage1
+        from imbalance.builders import build_stage1
+        from imbalance.stages import RunContext, run_stage1
 
         counter["n"] += 1
-        run_dir = Path(tmp.name, f"run{counter['n']}")
+        folder = RunFolder(Path(tmp.name, f"run{counter['n']}"))
         model.load_state_dict(init_state)
         torch.manual_seed(int(cfg.seed))
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, precision=precision, data=data, model=model,
-                         metrics=MetricsWriter(run_dir / "logs" / "metrics.csv"), progress=True,
+        ctx = RunContext(folder=folder, device=device, precision=precision, data=data, model=model,
+                         metrics=MetricsWriter(folder.metrics_csv), progress=True,
                          val_loader=make_loader(data.val, cfg_eval_batch(cfg), device, cfg),
                          test_loader=make_loader(data.test, cfg_eval_batch(cfg), device, cfg))
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            res = run_stage1(ctx)
+            res = run_stage1(ctx, build_stage1(cfg, data, model, device))
         assert res.epochs_run == args.epochs, res.epochs_run
 
     xtr, ytr = data.train.x, torch.as_tensor(data.train.labels)

@@ -14,14 +14,12 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imbalance import visualization as vz  # noqa: E402
 from imbalance.analysis import ClassificationAnalyzer  # noqa: E402

@@ -19,13 +19,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import ROOT, machine_line  # noqa: E402
 
 import torch  # noqa: E402

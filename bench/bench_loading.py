@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -32,7 +31,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imbalance.data import ADSBSignalDataset, ArraySignalDataset, build_augmentation  # noqa: E402
 
 AUG = {"enabled": True, "time_shift": 32, "amplitude": [0.8, 1.2], "noise_std": 0.05, "p": 0.5}

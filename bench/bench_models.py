@@ -18,13 +18,10 @@ is faster). Also prints parameters and forward GFLOPs per sample (``model_comple
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

@@ -11,16 +11,13 @@ and materialises ``list(iter(WeightedRandomSampler(...)))``; ours times ``epoch_
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from imbalance.samplers import make_sampler  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 length 1024); one step = forward, cross-entropy, backward, Adam step.
 
 1. Threads: step time with 1 intra-op thread vs ``--threads`` (default: all cores), interleaved;
-   and what ``imbalance.pipeline.set_threads`` picks (cores, minus DataLoader workers).
+   and what ``imbalance.runtime.set_threads`` picks (cores, minus DataLoader workers).
 2. Compile: eager vs ``torch.compile(model)`` (inductor, CPU): the first compiled training step
    and the first compiled evaluation pass (the compile cost), then the steady step times,
    interleaved. The compile cost is amortised over a demo's number of steps
@@ -18,10 +18,8 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import machine_line  # noqa: E402
 
 import torch  # noqa: E402
@@ -94,7 +92,7 @@ def main() -> None:
     size = "tiny" if args.quick else "demo"
     if args.quick:
         args.steps = 2
-    from imbalance.pipeline import set_threads
+    from imbalance.runtime import set_threads
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     nt = args.threads or cores

@@ -14,15 +14,12 @@ Runs on one CPU thread by default (shared machines); about a minute per difficul
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imbalance.synthetic import builtin_dataset  # noqa: E402
 
 

@@ -398,7 +398,7 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
     from .loader import BatchLoader
     from .models import model_complexity
     from .precision import make_precision
-    from .results import build_results, format_pct, plain, write_results
+    from .results import build_results, format_pct, write_results
     from .run_folder import RunFolder, update_latest_link
     from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_path, seed_everything, \
         select_device

@@ -377,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shape = (len(y),) + xx.shape[1:]
         yshape = (len(y),) + yy.shape[1:]
         print(f"wrote {path} ({_FORMAT_NAMES[a.format]}): X {shape} {xx.dtype}, Y {yshape} {yy.dtype} "
-              f"(labels 1..{a.num_classes}, {len(y) // max(a.num_classes, 1)} per class)")
+              f"(labels 0..{a.num_classes - 1}, {len(y) // max(a.num_classes, 1)} per class)")
     return 0
 
 

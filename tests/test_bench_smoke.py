@@ -12,7 +12,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-sys.path.insert(0, BENCH)
 
 from _util import interleaved, ratio_summary  # noqa: E402
 

@@ -17,7 +17,6 @@ import pytest
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # A tiny run (seconds on one CPU core): the demo config shrunk.
 TINY = [
