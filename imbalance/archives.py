@@ -204,8 +204,8 @@ def _header(path: str) -> Dict[str, str]:
 
 
 def _is_classification_ts(path: str) -> bool:
-    h = _header(path)
-    return h.get("classlabel", "").lower().startswith("true") and not h.get("targetlabel", "").lower().startswith("true")
+    h = {k: v.lower() for k, v in _header(path).items()}
+    return h.get("classlabel", "").startswith("true") and not h.get("targetlabel", "").startswith("true")
 
 
 def _split_files(folder: str, name: str) -> Optional[Dict[str, str]]:
@@ -377,18 +377,41 @@ def _read(path: str) -> Tuple[SeriesCollection, np.ndarray, Dict[str, Any]]:
     return X, np.asarray(y), meta
 
 
-def read_series_file(path: str) -> Tuple[SeriesCollection, np.ndarray]:
+def read_series_file(path: str, *, return_info: bool = False):
     """``(X, y)`` from a ``.ts``, ``.arff`` or ``.tsv`` file through aeon's readers.
 
     X: float64 ``(N, C, L)`` when all series have one length, else a list of ``(C, L_i)``
-    arrays; y: labels converted by :func:`convert_labels` (with the ``.ts`` header's class
-    values).  Unreadable files raise DataError with one line."""
-    X, y, meta = _read(path)
+    arrays; y: labels converted by :func:`convert_labels` (together with the ``.ts``
+    header's class values).  ``return_info=True`` adds a dict as :func:`load_archive`'s
+    (``path, n_cases, n_channels, equal_length, min_length, max_length, n_nan,
+    class_values``: the header's classes with the labels seen).  Unreadable files raise
+    DataError with one line."""
+    X, y_raw, meta = _read(path)
     header = _class_values_of(meta)
-    if not header:
-        return X, convert_labels(y)
-    both = convert_labels(np.concatenate([np.asarray(y).astype(str), np.asarray(header, dtype=str)]))
-    return X, both[: len(y)]
+    if header:
+        conv = convert_labels(np.concatenate([np.asarray(y_raw).astype(str), np.asarray(header, dtype=str)]))
+    else:
+        conv = convert_labels(y_raw)
+    y = conv[: len(y_raw)]
+    if not return_info:
+        return X, y
+    info = {"path": os.fspath(path), **_describe(X), "class_values": np.unique(conv)}
+    return X, y, info
+
+
+def _describe(X: SeriesCollection) -> Dict[str, Any]:
+    lengths = series_lengths(X)
+    if isinstance(X, np.ndarray):
+        n_channels = int(X.shape[1])
+    else:
+        n_channels = int(np.asarray(X[0]).shape[0]) if len(X) else 0
+    return {
+        "n_cases": int(len(X)), "n_channels": n_channels,
+        "equal_length": bool(lengths.size == 0 or np.all(lengths == lengths[0])),
+        "min_length": int(lengths.min()) if lengths.size else 0,
+        "max_length": int(lengths.max()) if lengths.size else 0,
+        "n_nan": int(sum(int(np.isnan(np.asarray(x, dtype=np.float64)).sum()) for x in X)),
+    }
 
 
 def series_lengths(X: SeriesCollection) -> np.ndarray:
@@ -431,19 +454,11 @@ def load_archive(source: str, *, split: str, archive_dir: Optional[str] = None
         logger.warning("%s: labels %s are not in the file header's class list %s",
                        source, unknown.tolist()[:10], header)
     class_values = np.unique(conv)
-    lengths = series_lengths(X)
-    n_channels = int(X.shape[1]) if isinstance(X, np.ndarray) else (int(np.asarray(X[0]).shape[0]) if len(X) else 0)
-    ARCHIVES.get(kind).check_channels(name, n_channels)
-    n_nan = int(sum(int(np.isnan(np.asarray(x, dtype=np.float64)).sum()) for x in X)) if not isinstance(X, np.ndarray) \
-        else int(np.isnan(X).sum())
-    info = {
-        "source": f"{kind}:{name}", "kind": kind, "name": name, "split": sp,
-        "path": files[sp], "origin": origin, "n_cases": int(len(y)), "n_channels": n_channels,
-        "equal_length": bool(lengths.size == 0 or np.all(lengths == lengths[0])),
-        "min_length": int(lengths.min()) if lengths.size else 0,
-        "max_length": int(lengths.max()) if lengths.size else 0,
-        "class_values": class_values, "n_nan": n_nan,
-    }
+    desc = _describe(X)
+    ARCHIVES.get(kind).check_channels(name, desc["n_channels"])
+    info = {"source": f"{kind}:{name}", "kind": kind, "name": name, "split": sp,
+            "path": files[sp], "origin": origin, **desc, "class_values": class_values}
+    n_nan, n_channels = desc["n_nan"], desc["n_channels"]
     if n_nan:
         logger.warning("%s (%s): %d missing values (NaN); the data layer refuses NaN", source, sp, n_nan)
     logger.info("%s %s: %d series, %d channel(s), length %s, %d classes, from %s (%s)",
