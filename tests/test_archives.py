@@ -529,3 +529,21 @@ def test_cli_list_and_export(tmp_path, capsys):
     assert ar.main(["ucr:NoSuchSet", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ucr:NoSuchSet") and err.count("\n") == 1
+
+
+@needs_aeon
+def test_sktime_bundled_copies_found_without_importing_sktime(tmp_path, monkeypatch):
+    if importlib.util.find_spec("sktime") is not None:
+        pytest.skip("a real sktime is installed")
+    pkg = tmp_path / "site" / "sktime"
+    _write(pkg / "__init__.py", "raise RuntimeError('sktime must not be imported')\n")
+    text = "@problemName Fake\n@univariate true\n@classLabel true 1 2\n@data\n1,2,3:1\n4,5,6:2\n"
+    _write(pkg / "datasets" / "data" / "FakePLAID" / "FakePLAID_TRAIN.ts", text)
+    _write(pkg / "datasets" / "data" / "FakePLAID" / "FakePLAID_TEST.ts", text)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    assert ("sktime", str(pkg / "datasets" / "data")) in ar.bundled_dirs()
+    assert ar.available_datasets()["sktime"] == ["FakePLAID"]
+    X, y, info = ar.load_archive("ucr:FakePLAID", split="test")
+    assert info["origin"] == "sktime" and X.shape == (2, 1, 3) and y.tolist() == [1, 2]
+    assert "sktime" not in sys.modules
