@@ -38,9 +38,9 @@ disabled for the rest of the run. The run folder's own files are never touched b
 (TensorBoard writes only ``tb/``, MLflow only ``logs/mlflow_run.json``).
 
 Resume: ``start(..., resume_global_epoch=G)`` continues the same tracker run. TensorBoard
-opens the writer with ``purge_step=G + 1`` (events of steps > G written before the interruption
-are discarded by TensorBoard's readers; the re-run epochs replace them) and ignores rows with
-``global_epoch <= G``. MLflow reopens the run whose id is stored in ``logs/mlflow_run.json``;
+removes the events of steps > G written before the interruption from the run's event files
+(:func:`drop_events_after`), opens the writer with ``purge_step=G + 1`` as well, and ignores
+rows with ``global_epoch <= G``. MLflow reopens the run whose id is stored in ``logs/mlflow_run.json``;
 MLflow cannot delete metric values, so a step already in the run's history is not logged again
 (a resumed run continues bit-for-bit, so the kept value is the value the re-run computes).
 """
@@ -83,6 +83,7 @@ __all__ = [
     "final_metrics",
     "group_recall",
     "render_confusion_matrix_png",
+    "drop_events_after",
     "resolve_tracking_uri",
     "run_key",
     "MLFLOW_RUN_FILE",
@@ -370,8 +371,13 @@ class TensorBoardLogger(RunLogger):
         resumed = resume_global_epoch is not None
         self._floor = int(resume_global_epoch) if resumed else 0
         self._step = self._floor
-        # purge_step: TensorBoard's readers drop the events of steps >= G + 1 written before the
-        # interruption (the re-run epochs replace them)
+        if resumed and self.path.is_dir():
+            dropped = drop_events_after(self.path, self._floor)
+            if dropped:
+                log.info("tensorboard: %d events after global epoch %d removed from %s", dropped, self._floor,
+                         self.path)
+        # purge_step as well: TensorBoard's Python reader then drops events of steps > G even if
+        # the files above could not be rewritten
         self.writer = SummaryWriter(log_dir=str(self.path), purge_step=self._floor + 1 if resumed else None,
                                     flush_secs=self.flush_secs)
         self._hparams = self._hparam_values(config, exp_name=exp_name, sweep=sweep, git_commit=git_commit)
@@ -441,6 +447,45 @@ class TensorBoardLogger(RunLogger):
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def drop_events_after(log_dir: os.PathLike, last_step: int) -> int:
+    """Remove the events of steps > ``last_step`` from the event files directly in ``log_dir``;
+    return how many were removed.
+
+    TensorBoard's Python reader honours ``purge_step``, but its default fast data server does
+    not (it only replaces a series' records from the step a new record has), so events of a
+    tag the resumed run does not write again (e.g. a stage that now starts later) would stay.
+    The kept events are written to a temporary file that atomically replaces the first event
+    file; the other event files are then deleted. Nothing is rewritten when nothing is dropped.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    log_dir = Path(log_dir)
+    files = sorted(p for p in log_dir.iterdir() if "tfevents" in p.name and p.is_file())
+    kept: List[bytes] = []
+    dropped = 0
+    for f in files:
+        for raw in RawEventFileLoader(str(f)).Load():
+            if Event.FromString(raw).step <= last_step:
+                kept.append(raw)
+            else:
+                dropped += 1
+    if not dropped:
+        return 0
+    tmp = log_dir / ".resume.tmp"
+    with open(tmp, "wb") as fh:
+        writer = RecordWriter(fh)
+        for raw in kept:
+            writer.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, files[0])
+    for f in files[1:]:
+        f.unlink()
+    return dropped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +559,6 @@ def _store_lock(uri: Optional[str]) -> Iterator[None]:
 
 def _import_mlflow() -> Any:
     try:
-        import mlflow  # noqa: F401
         from mlflow import MlflowClient
     except ImportError as err:
         raise ImportError(f"the mlflow logger needs the mlflow package ({err}); install it with "
@@ -668,6 +712,7 @@ class MLflowLogger(RunLogger):
         self._step = int(resume_global_epoch or 0)
         if reopened:
             self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "imbalance.resumed_after", str(int(resume_global_epoch)))
             for key in run.data.metrics:
                 hist = self.client.get_metric_history(self.run_id, key)
                 if hist:

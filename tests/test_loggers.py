@@ -5,7 +5,6 @@ TensorBoard files are read back with TensorBoard's own EventAccumulator / EventM
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -162,7 +161,7 @@ def test_failing_backend_warns_once_and_the_rest_logs(tmp_path, caplog):
     bad, good = DiskFull(), Recorder()
     lg = CompositeLogger([bad, good])
     with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
-        simulate(lg, tmp_path)
+        simulate(lg, tmp_path, confusion=False)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "diskfull" in warnings[0].getMessage() and "No space left on device" in warnings[0].getMessage()
@@ -217,6 +216,24 @@ def expected_series(tag, stage_epochs, offset_from=None, offset=0.0):
             for g in stage_epochs]
 
 
+def data_server_series(tb_dir: Path, tag: str):
+    """A series as TensorBoard's default (Rust) data server shows it: event files in name order,
+    and a record of step s replaces the series' records of steps >= s (reservoir.rs
+    "preemption"); it ignores purge_step."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out = []
+    for f in sorted(p for p in tb_dir.iterdir() if "tfevents" in p.name):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                if v.tag == tag:
+                    val = v.simple_value if v.HasField("simple_value") else float(
+                        np.frombuffer(v.tensor.tensor_content, np.float32)[0]) if v.tensor.tensor_content \
+                        else v.tensor.float_val[0]
+                    out = [(s, x) for s, x in out if s < ev.step] + [(ev.step, val)]
+    return out
+
+
 def test_tensorboard_two_stage_run(tmp_path):
     run = tmp_path / "demo_20250101"
     lg = make_loggers(["csv", "tensorboard"])
@@ -257,23 +274,29 @@ def test_tensorboard_two_stage_run(tmp_path):
 
 def test_tensorboard_resume_has_no_duplicate_steps(tmp_path):
     run = tmp_path / "run"
-    # first session: 4 epochs of stage 1 logged, interrupted (checkpoint at global epoch 2)
+    # first session: stage 1 (epochs 1-3) and stage 2 (4-5) logged, then interrupted; the run is
+    # resumed from a checkpoint at global epoch 2 and now trains stage 1 for 4 epochs (3-4) and
+    # stage 2 for 2 (5-6), with other values. Stage 2's old step 4 must go although no new
+    # stage-2 value is written at step 4 (purge_step), and nothing <= 2 is written again.
     first = make_loggers(["tensorboard"])
-    simulate(first, run, stages=((1, 4),), finish=False)
+    simulate(first, run, stages=((1, 3), (2, 2)), finish=False)
     first.close("killed")
-    # resumed after global epoch 2 with different values; the loop re-sends epoch 2 by mistake
     second = make_loggers(["tensorboard"])
     second.start(run, CONFIG, exp_name="demo", resume_global_epoch=2)
-    for row, recall in make_rows(((1, 5),), after=1, offset=0.5):
+    for row, recall in make_rows(((1, 4), (2, 2)), after=1, offset=0.5):  # re-sends epoch 2 by mistake
         second.log_epoch(row, recall)
     second.log_final(FINAL)
     second.close()
     ea = read_tb(run / "tb")
     for c in COLUMNS + GROUP_TAGS:
-        tag = f"stage1/{c}"
-        assert scalar_series(ea, tag) == expected_series(tag, [1, 2, 3, 4, 5], offset_from=2, offset=0.5)
+        want1 = expected_series(f"stage1/{c}", [1, 2, 3, 4], offset_from=2, offset=0.5)
+        want2 = expected_series(f"stage2/{c}", [5, 6], offset_from=2, offset=0.5)
+        assert scalar_series(ea, f"stage1/{c}") == want1  # TensorBoard's Python reader
+        assert scalar_series(ea, f"stage2/{c}") == want2
+        assert data_server_series(run / "tb", f"stage1/{c}") == want1  # its default data server
+        assert data_server_series(run / "tb", f"stage2/{c}") == want2
     assert len(ea.Tensors("config/text_summary")) == 1
-    assert scalar_series(ea, "test/final/macc") == [(5, pytest.approx(0.6))]
+    assert scalar_series(ea, "test/final/macc") == [(6, pytest.approx(0.6))]
 
 
 def test_tensorboard_sweep_runs_line_up(tmp_path):
@@ -282,7 +305,8 @@ def test_tensorboard_sweep_runs_line_up(tmp_path):
     sweep = tmp_path / "experiments" / "multirun_20250101"
     for j, lr in enumerate((0.01, 0.1)):
         lg = make_loggers(["tensorboard"])
-        simulate(lg, sweep / f"demo_{j}", sweep=sweep.name, config={**CONFIG, "training": {"lr": lr}})
+        simulate(lg, sweep / f"demo_{j}", sweep=sweep.name, config={**CONFIG, "training": {"lr": lr}},
+                 confusion=False)
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(tmp_path / "experiments"))
     mux.Reload()
@@ -302,7 +326,7 @@ def test_missing_mlflow_warns_once_and_tensorboard_still_logs(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     lg = make_loggers(["tensorboard", "mlflow"], {"mlflow": {"tracking_uri": "sqlite:///m.db"}}, base_dir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
-        simulate(lg, tmp_path / "run")
+        simulate(lg, tmp_path / "run", confusion=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "pip install mlflow" in warnings[0]
     assert list(lg.disabled) == ["mlflow"]

@@ -88,8 +88,9 @@ def write_run_files(run_dir: Path) -> Tuple[Path, Path, Path]:
 
 def simulate(logger: Any, run_dir: Path, *, stages=((1, 3), (2, 2)), exp_name: str = "demo",
              resume_after: Any = None, offset: float = 0.0, finish: bool = True, sweep: Any = None,
-             config: Any = None) -> None:
-    """Drive ``logger`` through a run as the training loop would."""
+             config: Any = None, confusion: bool = True) -> None:
+    """Drive ``logger`` through a run as the training loop would (``confusion=False`` skips the
+    confusion-matrix figure, the slowest part)."""
     logger.start(run_dir, config or CONFIG, exp_name=exp_name, resume_global_epoch=resume_after, sweep=sweep,
                  git_commit="0123abcd")
     for row, recall in make_rows(stages, after=resume_after or 0, offset=offset):
@@ -97,5 +98,6 @@ def simulate(logger: Any, run_dir: Path, *, stages=((1, 3), (2, 2)), exp_name: s
     if finish:
         results, summary, fig = write_run_files(run_dir)
         logger.log_final(FINAL, results_path=results, summary_path=summary, figures=[fig],
-                         confusion_matrix=RESULTS["confusion_matrix"], class_names=RESULTS["class_names"])
+                         confusion_matrix=RESULTS["confusion_matrix"] if confusion else None,
+                         class_names=RESULTS["class_names"])
         logger.close()
