@@ -85,6 +85,7 @@ __all__ = [
     "render_confusion_matrix_png",
     "drop_events_after",
     "resolve_tracking_uri",
+    "import_mlflow_client",
     "run_key",
     "MLFLOW_RUN_FILE",
     "DEFAULT_TRACKING_URI",
@@ -557,7 +558,8 @@ def _store_lock(uri: Optional[str]) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _import_mlflow() -> Any:
+def import_mlflow_client() -> Any:
+    """``mlflow.MlflowClient``; ImportError with the install command when mlflow is missing."""
     try:
         from mlflow import MlflowClient
     except ImportError as err:
@@ -689,7 +691,7 @@ class MLflowLogger(RunLogger):
     def start(self, run_dir: os.PathLike, config: Mapping[str, Any], *, exp_name: str,
               resume_global_epoch: Optional[int] = None, sweep: Optional[str] = None,
               git_commit: Optional[str] = None) -> None:
-        MlflowClient = _import_mlflow()
+        MlflowClient = import_mlflow_client()
         run_dir = Path(run_dir)
         run_file = run_dir / MLFLOW_RUN_FILE
         experiment = sweep if (sweep and self.sweep_experiment) else self.experiment_name

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from .errors import DataError
-from .loggers import FINAL_LOGGED_TAG, RUN_KEY_TAG, MLflowLogger, final_metrics, run_key
+from .errors import ConfigError, DataError
+from .loggers import FINAL_LOGGED_TAG, RUN_KEY_TAG, MLflowLogger, final_metrics, import_mlflow_client, run_key
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,13 @@ def import_run_folder(run_dir: os.PathLike, tracking_uri: Optional[str], experim
     ``experiment``: the MLflow experiment; None means the sweep's folder name for a multirun job
     (:func:`sweep_of`) and ``imbalance`` otherwise. ``tracking_uri`` as in the logger (a relative
     sqlite path is relative to ``base_dir``, default the current directory). A folder without
-    results.json raises DataError; an import that fails half-way deletes its partial run.
+    results.json raises DataError, a missing mlflow package ConfigError; an import that fails
+    half-way deletes its partial run.
     """
-    from mlflow import MlflowClient
+    try:
+        MlflowClient = import_mlflow_client()
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
 
     run_dir = Path(run_dir)
     results_path = run_dir / "results" / "results.json"

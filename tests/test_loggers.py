@@ -356,3 +356,11 @@ def test_tensorboard_failure_midway_keeps_training_going(tmp_path, monkeypatch, 
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 1
     assert rec.calls[-1] == ("close", "finished") and ("epoch", 3) in rec.calls
     assert tbl.writer is None  # aborted: the event file is closed
+
+
+def test_import_without_mlflow_is_one_clear_error(tmp_path, monkeypatch):
+    from imbalance.mlflow_import import import_run_folder
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match="pip install mlflow"):
+        import_run_folder(tmp_path, "sqlite:///m.db", None, base_dir=tmp_path)

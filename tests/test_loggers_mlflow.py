@@ -22,6 +22,8 @@ from test_loggers_support import (COLUMNS, CONFIG, FINAL, GROUP_TAGS, make_rows,
                                   value, write_run_files)
 
 ALL = COLUMNS + GROUP_TAGS
+# MLflow's own sqlite store uses a SQLAlchemy option that SQLAlchemy 2.1 deprecates
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
