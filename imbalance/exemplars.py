@@ -44,10 +44,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -308,6 +307,8 @@ class NMEModel(nn.Module):
 def _json_value(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
     return v
 
 

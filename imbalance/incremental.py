@@ -562,6 +562,11 @@ def weight_align(head: nn.Module, num_old: int, *, scale_bias: bool = False) -> 
     ``weight_align``; the paper's FC has no bias); ``scale_bias=True`` scales the new classes'
     bias too, which equals scaling their logits (DER's WA post-processor).
 
+    ``gamma > 1`` is possible and then scales the new classes UP: it happens when the new
+    classes are the minority of the training set, e.g. few-shot new emitters against a larger
+    memory per old class (the paper's setting has many samples per new class); the rule is the
+    same either way.
+
     A cosine head normalises its rows, so aligning their norms changes nothing: ConfigError."""
     if isinstance(head, CosineMarginClassifier):
         raise ConfigError("incremental.method=wa aligns weight norms, which a cosine head (model.head="
@@ -872,7 +877,8 @@ def forgetting(table: np.ndarray, learned_at: Sequence[int], *, session: Optiona
 
 def chain_summary(history: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Chain-level figures for results.json's ``incremental`` block: ``average_incremental_acc``
-    and ``_macc`` (over ``all``), class-level ``forgetting`` (and per class), task-level
+    and ``_macc`` (over ``all``), class-level ``forgetting`` (after the last session, per class,
+    and after each session: ``forgetting_per_session``, None for the base), task-level
     ``forgetting_task`` (tasks = the classes each session added) and the per-session
     ``old/new/all`` accuracies."""
     table, classes, learned = accuracy_table(history)
@@ -885,6 +891,7 @@ def chain_summary(history: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "average_incremental_acc": average_incremental_accuracy([h["all"]["acc"] for h in history]),
         "average_incremental_macc": average_incremental_accuracy([h["all"]["macc"] for h in history]),
         "forgetting": f_mean,
+        "forgetting_per_session": [forgetting(table, learned, session=k)[0] for k in range(len(history))],
         "forgetting_task": f_task,
         "forgetting_per_class": {str(c): _none_if_nan(v) for c, v in zip(classes, f_cls.tolist())
                                  if math.isfinite(v)},

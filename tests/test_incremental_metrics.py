@@ -150,6 +150,8 @@ def test_average_incremental_accuracy_and_chain_summary():
     assert s["average_incremental_acc"] == pytest.approx((0.85 + 0.70 + 0.60) / 3, abs=1e-12)
     assert s["forgetting"] == pytest.approx(0.7 / 3, abs=1e-12)
     assert s["forgetting_task"] == pytest.approx(0.2125, abs=1e-12)
+    assert s["forgetting_per_session"][0] is None
+    assert s["forgetting_per_session"][1:] == pytest.approx([0.075, 0.7 / 3], abs=1e-12)
     assert s["forgetting_per_class"] == pytest.approx({"A": 0.15, "B": 0.35, "C": 0.2}, abs=1e-12)
     assert [p["num_classes"] for p in s["per_session"]] == [2, 3, 4]
 
