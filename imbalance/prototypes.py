@@ -27,7 +27,6 @@ import math
 from typing import Any, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError

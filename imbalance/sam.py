@@ -34,7 +34,8 @@ is fine inside the closure)::
 ``step`` zeroes the gradients itself, runs the closure twice (at ``w`` and at ``w + e``),
 restores ``w`` exactly before ``before_step`` (e.g. gradient clipping, as google-research
 clips the SAM gradient) and the base optimizer's step, and returns the batch-mean loss at
-``w`` (detached) for logging. The LR scheduler and checkpoints use the base optimizer
+``w`` (detached) for logging. When that loss is not finite nothing is changed (no
+perturbation, no step) and it is returned as it is, for the loop to skip the batch or stop. The LR scheduler and checkpoints use the base optimizer
 (``sam.param_groups`` is its list, ``state_dict`` is its state).
 
 BatchNorm: the second forward pass normalises with its own batch statistics; whether it also
@@ -189,6 +190,8 @@ def _sam_step(opt: SAM, closure: Closure, targets: Optional[torch.Tensor],
     opt.zero_grad()
     with torch.enable_grad():
         loss = _scalar(closure())
+        if not bool(torch.isfinite(loss)):
+            return loss.detach()               # nothing stepped: the loop decides (skip or stop)
         loss.backward()
     old = opt._perturb()                       # w + e(w)
     opt.zero_grad()
@@ -210,6 +213,8 @@ def _imbsam_step(opt: SAM, closure: Closure, targets: Optional[torch.Tensor],
         if per.dim() != 1 or per.shape[0] != targets.shape[0]:
             raise ValueError(f"ImbSAM's closure must return per-sample losses of shape ({targets.shape[0]},) "
                              f"(e.g. loss_fn.per_sample(logits, y)), got shape {tuple(per.shape)}")
+        if not bool(torch.isfinite(per).all()):
+            return per.mean().detach()         # nothing stepped: the loop decides (skip or stop)
         tail = torch.isin(targets.to(per.device), opt.tail_classes.to(per.device))
         b = per.shape[0]
         head_loss = per[~tail].sum() / b

@@ -1,7 +1,6 @@
 """Tests for imbalance.constraints.MaxNorm: the radius rule and the projection, in float64."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

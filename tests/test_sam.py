@@ -240,6 +240,23 @@ def test_sam_composes_with_a_mixed_loss_on_a_framework_model():
     before = [p.detach().clone() for p in model.parameters()]
     for _ in range(2):
         xm, target = mix(x, y)
-        loss = sam.step(lambda: mixed_loss(loss_fn, model(xm).float(), target))
+        loss = sam.step(lambda xm=xm, target=target: mixed_loss(loss_fn, model(xm).float(), target))
         assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["sam", "imbsam"])
+def test_nonfinite_loss_changes_nothing(mode):
+    net, x, y = make(4)
+    w0 = [p.detach().clone() for p in net.parameters()]
+    kw = {"tail_classes": [2]} if mode == "imbsam" else {}
+    sam = SAM(torch.optim.SGD(net.parameters(), lr=0.1), model=net, mode=mode, **kw)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        return F.cross_entropy(net(x), y, reduction="none") * float("nan")
+
+    loss = sam.step(closure, targets=y)
+    assert torch.isnan(loss) and len(calls) == 1
+    assert all(torch.equal(a, b) for a, b in zip(w0, net.parameters(), strict=True))
