@@ -406,10 +406,12 @@ class Mahalanobis(Detector):
         self._check_fitted("precision_")
         f = _np64(features, "features", 2)
         out = np.full((len(f), len(self.means_)), np.nan)
+        mm = (self._means_w ** 2).sum(axis=1)
         for i in range(0, len(f), self.batch_size):
             g = f[i:i + self.batch_size] @ self._whiten
-            d2 = np.stack([((g - m) ** 2).sum(axis=1) for m in self._means_w], axis=1)
-            out[i:i + self.batch_size][:, self.classes_] = d2
+            # ||g - m||^2 = ||g||^2 - 2 g.m + ||m||^2 (float64; clipped at 0 against rounding)
+            d2 = (g * g).sum(axis=1)[:, None] - 2.0 * (g @ self._means_w.T) + mm[None, :]
+            out[i:i + self.batch_size][:, self.classes_] = np.maximum(d2, 0.0)
         return out
 
     def score(self, logits: Any, features: Any = None) -> np.ndarray:
@@ -480,7 +482,8 @@ class KNN(Detector):
         with torch.no_grad():
             for i in range(0, len(q), self.batch_size):
                 qb = q[i:i + self.batch_size]
-                d2 = (qb * qb).sum(dim=1, keepdim=True) + self._bank_sq[None, :] - 2.0 * (qb @ self.bank_.T)
+                base = (qb * qb).sum(dim=1, keepdim=True) + self._bank_sq[None, :]
+                d2 = torch.addmm(base, qb, self.bank_.T, beta=1.0, alpha=-2.0)   # |q|^2 + |t|^2 - 2 q.t
                 kth = torch.topk(d2, self.k_, dim=1, largest=False, sorted=True).values[:, -1]
                 out[i:i + len(qb)] = kth.clamp_min(0.0).double().numpy()
         return out
