@@ -168,8 +168,7 @@ class MSP(Detector):
 
 @DETECTORS.register("maxlogit")
 class MaxLogit(Detector):
-    """Maximum logit, max_k z_k (Hendrycks et al. 2022; their code scores anomalies by
-    ``-max(logits)``)."""
+    """Maximum logit, max_k z_k (Hendrycks et al. 2022, whose anomaly score is -max_k z_k)."""
 
     name = "maxlogit"
 
@@ -179,8 +178,9 @@ class MaxLogit(Detector):
 
 @DETECTORS.register("energy")
 class Energy(Detector):
-    """Negative free energy, ``T * logsumexp(z / T)`` (Liu et al. 2020, official code
-    ``wetliu/energy_ood``: ``T * torch.logsumexp(output / T, dim=1)``, T = 1 by default)."""
+    """Negative free energy, ``T * logsumexp(z / T)`` (Liu et al. 2020; official code
+    ``wetliu/energy_ood``, ``CIFAR/test.py``, appends ``-(T * torch.logsumexp(output / T, dim=1))``
+    as an anomaly score; T = 1 by default)."""
 
     name = "energy"
 
