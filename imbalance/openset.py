@@ -61,6 +61,7 @@ __all__ = [
     "build_detectors",
     "fit_detectors",
     "score_all",
+    "evaluate_detectors",
 ]
 
 DETECTORS = Registry("open-set detector")
@@ -712,3 +713,51 @@ def score_all(detectors: Mapping[str, Detector], logits: Any, features: Any = No
     if f is not None and len(f) != len(z):
         raise DataError(f"{len(z)} logits but {len(f)} feature vectors")
     return {name: det.score(z, f) for name, det in detectors.items()}
+
+
+def evaluate_detectors(
+    detectors: Mapping[str, Detector],
+    *,
+    val_logits: Any,
+    val_features: Any,
+    test_logits: Any,
+    test_features: Any,
+    y_test: Any,
+    class_counts: Sequence[int],
+    threshold: Union[str, float] = "tpr95",
+    extra_scores: Optional[Mapping[str, Tuple[Any, Any]]] = None,
+    many_thresh: float = 100,
+    few_thresh: float = 20,
+    grouping: str = "absolute",
+) -> Dict[str, Dict[str, Any]]:
+    """Score fitted detectors and report them, the run's open-set step in one call.
+
+    ``val_*``: the KNOWN validation split (the unknown classes were removed from it), used only
+    to choose each detector's threshold (``openset.threshold``); ``test_*`` and ``y_test``
+    (known 0..K-1, unknown -1): the test split; ``class_counts``: TRAINING counts of the K
+    known classes.  ``extra_scores``: ``{name: (val_scores, test_scores)}`` of detectors scored
+    elsewhere (ODIN's ``score_inputs``; closed-set prediction = argmax of the logits).
+    Returns ``{"metrics": {name: openset_report(...)}, "thresholds": {name: t},
+    "scores": {name: test scores}, "predictions": {name: closed-set predictions}}``; the
+    ``metrics`` dict is results.json's ``metrics.final.openset``.
+    """
+    from .openset_metrics import choose_threshold, openset_report
+
+    val = score_all(detectors, val_logits, val_features)
+    test = score_all(detectors, test_logits, test_features)
+    z = _np64(test_logits, "test logits", 2)
+    f = None if test_features is None else _np64(test_features, "test features", 2)
+    preds = {name: det.predict(z, f) for name, det in detectors.items()}
+    for name, (v, t) in (extra_scores or {}).items():
+        if name in test:
+            raise ConfigError(f"open-set detector {name} is scored twice (extra_scores and detectors)")
+        val[name], test[name] = _np64(v, f"{name} validation scores", 1), _np64(t, f"{name} test scores", 1)
+        preds[name] = z.argmax(axis=1)
+    out: Dict[str, Dict[str, Any]] = {"metrics": {}, "thresholds": {}, "scores": test, "predictions": preds}
+    for name in test:
+        thr = choose_threshold(threshold, val[name])
+        out["thresholds"][name] = thr
+        out["metrics"][name] = openset_report(test[name], y_test, preds[name], threshold=thr,
+                                              class_counts=class_counts, many_thresh=many_thresh,
+                                              few_thresh=few_thresh, grouping=grouping)
+    return out

@@ -26,9 +26,11 @@ from imbalance.openset import (
     WeibullTail,
     build_detectors,
     energy,
+    evaluate_detectors,
     fit_detectors,
     score_all,
 )
+from imbalance.openset_metrics import openset_report, threshold_at_tpr
 
 
 def _auroc(known, unknown):
@@ -403,3 +405,29 @@ def test_build_detectors_errors():
     assert dets["energy"].temperature == 2.0 and dets["knn"].k == 3
     with pytest.raises(ConfigError):
         build_detectors([])
+
+
+def test_evaluate_detectors_thresholds_come_from_known_validation_only():
+    f, y, w, ft, yt, fu = _clusters(17)
+    rng = np.random.default_rng(17)
+    fv = f[rng.choice(len(f), 40, replace=False)] + rng.normal(size=(40, f.shape[1])) * 0.1
+    dets = fit_detectors(build_detectors(["msp", "knn", "openmax"]), f, y, train_logits=f @ w)
+    x = np.r_[ft, fu]
+    y_test = np.r_[yt, -np.ones(len(fu), int)]
+    odin_val, odin_test = rng.normal(size=40), rng.normal(size=len(x))
+    out = evaluate_detectors(dets, val_logits=fv @ w, val_features=fv, test_logits=x @ w, test_features=x,
+                             y_test=y_test, class_counts=[60, 30, 10, 4], extra_scores={"odin": (odin_val, odin_test)})
+    assert set(out["metrics"]) == {"msp", "knn", "openmax", "odin"}
+    for name, det in dets.items():
+        val_scores = det.score(fv @ w, fv)
+        assert out["thresholds"][name] == threshold_at_tpr(val_scores, 0.95)
+        rep = openset_report(det.score(x @ w, x), y_test, det.predict(x @ w, x), threshold=out["thresholds"][name],
+                             class_counts=[60, 30, 10, 4])
+        assert out["metrics"][name] == rep
+    assert out["thresholds"]["odin"] == threshold_at_tpr(odin_val, 0.95)
+    np.testing.assert_array_equal(out["predictions"]["odin"], (x @ w).argmax(1))
+    # the test labels (and the unknowns among them) do not move any threshold
+    again = evaluate_detectors(dets, val_logits=fv @ w, val_features=fv, test_logits=x[::-1] @ w,
+                               test_features=x[::-1], y_test=y_test[::-1], class_counts=[60, 30, 10, 4])
+    for name in dets:
+        assert again["thresholds"][name] == out["thresholds"][name]
