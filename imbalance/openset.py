@@ -62,6 +62,7 @@ __all__ = [
     "fit_detectors",
     "score_all",
     "evaluate_detectors",
+    "detector_from_state",
 ]
 
 DETECTORS = Registry("open-set detector")
@@ -131,6 +132,9 @@ class Detector:
     returns one float64 score per sample, higher = more likely known.  ``predict`` gives the
     closed-set prediction the detector pairs with its score (argmax of the logits; OpenMax's
     own).  Detectors that need the inputs (``needs_inputs``) are scored with ``score_inputs``.
+    ``state_dict()`` holds the constructor arguments and the fitted state as plain Python
+    values and tensors (``torch.load(weights_only=True)`` reads it); :func:`detector_from_state`
+    rebuilds the fitted detector (``predict`` on new data).
     """
 
     name: str = "?"
@@ -146,6 +150,19 @@ class Detector:
 
     def predict(self, logits: Any, features: Any = None) -> np.ndarray:
         return _np64(logits, "logits", 2).argmax(axis=1)
+
+    def params(self) -> Dict[str, Any]:
+        """The constructor's keyword arguments (plain values)."""
+        return {}
+
+    def _fitted_state(self) -> Dict[str, Any]:
+        return {}
+
+    def _load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "params": self.params(), "state": self._fitted_state()}
 
     def _check_fitted(self, attr: str) -> None:
         if getattr(self, attr, None) is None:
@@ -190,6 +207,9 @@ class Energy(Detector):
 
     def score(self, logits: Any, features: Any = None) -> np.ndarray:
         return -energy(logits, self.temperature)
+
+    def params(self) -> Dict[str, Any]:
+        return {"temperature": self.temperature}
 
     def __repr__(self) -> str:
         return f"Energy(temperature={self.temperature})"
@@ -309,6 +329,10 @@ class ODIN(Detector):
         z = _np64(logits, "logits", 2) / self.temperature
         return np.exp(z.max(axis=1) - _logsumexp(z))
 
+    def params(self) -> Dict[str, Any]:
+        return {"temperature": self.temperature, "epsilon": self.epsilon,
+                "epsilon_grid": list(self.epsilon_grid), "batch_size": self.batch_size}
+
     def __repr__(self) -> str:
         return f"ODIN(temperature={self.temperature}, epsilon={self.epsilon})"
 
@@ -388,18 +412,36 @@ class Mahalanobis(Detector):
         else:
             est = skcov.ShrunkCovariance(assume_centered=False, shrinkage=float(kind))
         est.fit(centred)
-        self.means_ = means
-        self.classes_ = classes
-        self.precision_ = np.asarray(est.precision_, dtype=np.float64)
-        self.covariance_kind_ = "empirical" if kind == "none" else str(kind)
-        # Sigma^-1 = W W^T (W from the symmetric eigen-decomposition; pinv gives w >= 0), so
-        # (f - mu)^T Sigma^-1 (f - mu) = ||(f - mu) W||^2.
-        w, v = np.linalg.eigh((self.precision_ + self.precision_.T) / 2.0)
-        self._whiten = v * np.sqrt(np.clip(w, 0.0, None))
-        self._means_w = means[classes] @ self._whiten
+        self._set(means, classes, np.asarray(est.precision_, dtype=np.float64),
+                  "empirical" if kind == "none" else str(kind))
         logger.info("Mahalanobis: %d classes, %d training features of dimension %d, %s covariance",
                     len(classes), n, d, self.covariance_kind_)
         return self
+
+    def _set(self, means: np.ndarray, classes: np.ndarray, precision: np.ndarray, kind: str) -> None:
+        self.means_ = means
+        self.classes_ = classes
+        self.precision_ = precision
+        self.covariance_kind_ = kind
+        # Sigma^-1 = W W^T (W from the symmetric eigen-decomposition; pinv gives w >= 0), so
+        # (f - mu)^T Sigma^-1 (f - mu) = ||(f - mu) W||^2.
+        w, v = np.linalg.eigh((precision + precision.T) / 2.0)
+        self._whiten = v * np.sqrt(np.clip(w, 0.0, None))
+        self._means_w = means[classes] @ self._whiten
+
+    def params(self) -> Dict[str, Any]:
+        return {"shrinkage": self.shrinkage, "batch_size": self.batch_size}
+
+    def _fitted_state(self) -> Dict[str, Any]:
+        if self.means_ is None:
+            return {}
+        return {"means": torch.from_numpy(self.means_.copy()), "classes": torch.from_numpy(self.classes_.copy()),
+                "precision": torch.from_numpy(self.precision_.copy()), "covariance_kind": self.covariance_kind_}
+
+    def _load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self._set(state["means"].double().numpy(), state["classes"].long().numpy(),
+                      state["precision"].double().numpy(), str(state["covariance_kind"]))
 
     def distances(self, features: Any) -> np.ndarray:
         """Squared Mahalanobis distances (N, K) to every class mean (NaN for a class without
@@ -493,6 +535,18 @@ class KNN(Detector):
         if features is None:
             raise DataError("the knn detector needs the features")
         return -self.kth_distance(features)
+
+    def params(self) -> Dict[str, Any]:
+        return {"k": self.k, "sample_ratio": self.sample_ratio, "seed": self.seed, "batch_size": self.batch_size}
+
+    def _fitted_state(self) -> Dict[str, Any]:
+        return {} if self.bank_ is None else {"bank": self.bank_.clone(), "k_used": int(self.k_)}
+
+    def _load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.bank_ = state["bank"].float().contiguous()
+            self._bank_sq = (self.bank_ * self.bank_).sum(dim=1)
+            self.k_ = int(state["k_used"])
 
     def __repr__(self) -> str:
         return f"KNN(k={self.k}, sample_ratio={self.sample_ratio})"
@@ -663,11 +717,48 @@ class OpenMax(Detector):
     def predict(self, logits: Any, features: Any = None) -> np.ndarray:
         return self._revise(logits)[0].argmax(axis=1)
 
+    def params(self) -> Dict[str, Any]:
+        return {"tail_size": self.tail_size, "alpha_rank": self.alpha_rank, "distance": self.distance}
+
+    def _fitted_state(self) -> Dict[str, Any]:
+        if self.mavs_ is None:
+            return {}
+        nan = float("nan")
+        wb = self.weibulls_
+        col = lambda attr: torch.tensor([nan if (w is None or getattr(w, attr) is None) else getattr(w, attr)
+                                         for w in wb], dtype=torch.float64)
+        return {"mavs": torch.from_numpy(self.mavs_.copy()), "shape": col("shape"), "scale": col("scale"),
+                "small_score": col("small_score"),
+                "translate_amount": col("translate_amount")}
+
+    def _load_fitted_state(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.mavs_ = state["mavs"].double().numpy()
+        self.weibulls_ = []
+        for c in range(len(self.mavs_)):
+            small = float(state["small_score"][c])
+            if math.isnan(small):
+                self.weibulls_.append(None)
+                continue
+            wb = WeibullTail(tail_size=self.tail_size, translate_amount=float(state["translate_amount"][c]))
+            wb.small_score = small
+            shape, scale = float(state["shape"][c]), float(state["scale"][c])
+            wb.shape, wb.scale = (None, None) if math.isnan(shape) else (shape, scale)
+            self.weibulls_.append(wb)
+
     def __repr__(self) -> str:
         return f"OpenMax(tail_size={self.tail_size}, alpha_rank={self.alpha_rank}, distance={self.distance!r})"
 
 
 # ----------------------------------------------------------------------------- driver
+def detector_from_state(state: Mapping[str, Any]) -> Detector:
+    """Rebuild a (fitted) detector from its :meth:`Detector.state_dict`."""
+    det = DETECTORS.build(str(state["name"]), **dict(state.get("params") or {}))
+    det._load_fitted_state(state.get("state") or {})
+    return det
+
+
 def build_detectors(names: Optional[Sequence[str]] = None,
                     params: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Detector]:
     """Detectors by config name (default :data:`DEFAULT_DETECTORS`), each built with

@@ -25,6 +25,7 @@ from imbalance.openset import (
     OpenMax,
     WeibullTail,
     build_detectors,
+    detector_from_state,
     energy,
     evaluate_detectors,
     fit_detectors,
@@ -431,3 +432,26 @@ def test_evaluate_detectors_thresholds_come_from_known_validation_only():
                                test_features=x[::-1], y_test=y_test[::-1], class_counts=[60, 30, 10, 4])
     for name in dets:
         assert again["thresholds"][name] == out["thresholds"][name]
+
+
+def test_state_dict_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    f, y, w, ft, yt, fu = _clusters(18)
+    y[y == 3] = 2                                        # class 3 without training samples
+    dets = {n: DETECTORS.build(n, **({"epsilon": 0.0} if n == "odin" else {})) for n in DETECTORS.names()}
+    dets["energy"] = Energy(temperature=2.5)
+    dets["knn"] = KNN(k=4)
+    dets["openmax"] = OpenMax(tail_size=5, alpha_rank=2)
+    z_tr = f @ w
+    z_tr[:2] = z_tr[0]                                   # harmless duplicates
+    fit_detectors(dets, f, y, train_logits=z_tr)
+    one = OpenMax().fit(f[:1], np.array([0]), train_logits=z_tr[:1])   # degenerate one-sample tail
+    path = tmp_path / "det.pt"
+    torch.save({n: d.state_dict() for n, d in {**dets, "one": one}.items()}, path)
+    loaded = torch.load(path, weights_only=True)
+    x = np.r_[ft, fu]
+    for name, det in {**dets, "one": one}.items():
+        back = detector_from_state(loaded[name])
+        assert type(back) is type(det) and back.params() == det.params()
+        np.testing.assert_array_equal(back.score(x @ w, x), det.score(x @ w, x))
+        np.testing.assert_array_equal(back.predict(x @ w, x), det.predict(x @ w, x))
+    assert detector_from_state(Mahalanobis().state_dict()).means_ is None   # unfitted stays unfitted
