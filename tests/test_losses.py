@@ -58,7 +58,7 @@ def test_registry_names():
     assert set(LOSSES.names()) == {
         "CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss", "ProgressiveLoss",
         "BalancedSoftmaxLoss", "LogitAdjustmentLoss", "CostSensitiveCE", "CostSensitiveExpected",
-        "CostSensitiveFocal", "CombinedLoss"}
+        "CostSensitiveFocal", "CombinedLoss", "VSLoss", "CDTLoss", "LabelAwareSmoothing"}
     assert set(COST_STRATEGIES.names()) == {"auto", "sqrt", "log", "uniform", "manual"}
 
 
