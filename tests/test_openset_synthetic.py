@@ -97,6 +97,6 @@ def test_cli_writes_a_separate_unknown_file(tmp_path, capsys):
                           num_unknown=2, unknown_per_class=3)["test_unknown"][0]
     np.testing.assert_allclose(unk["X"], ref[:, 0] + 1j * ref[:, 1], rtol=0, atol=1e-6)
     train = np.load(tmp_path / "train.npz")
-    assert set(train["Y"].tolist()) == {1, 2, 3}
+    assert set(train["Y"].tolist()) == {0, 1, 2}
     assert main(args[:2] + ["--out", str(tmp_path / "b")] + args[2:]) == 0
     assert not (tmp_path / "b" / "test_unknown.npz").exists()
