@@ -46,7 +46,7 @@ def test_demo_breakdown_other_is_total_minus_parts():
 def _run(script, *args, timeout=600):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 
