@@ -1,22 +1,10 @@
 """Data layer: signal data sets from files or arrays, splits, long tail, augmentations.
 
 Files (``ADSBSignalDataset``)
-    ``.mat`` v5 and older (scipy), ``.mat`` v7.3 (HDF5; MATLAB writes column-major, so every
-    array comes back with its axes reversed and is reversed again here; complex data is an
-    HDF5 compound of ``real``/``imag``), ``.h5``/``.hdf5`` (axes reversed only for datasets
-    that carry MATLAB's ``MATLAB_class`` attribute), ``.npz`` and ``.npy`` (a dict saved with
-    ``np.save``, or a structured array with named fields; a plain array has no labels).
-    Data keys tried in order ``X, data, signal, signals``, label keys ``Y, label, labels, y``
-    (then the same names case-insensitively); ``data_key`` / ``label_key`` override them.
-
-Layouts
-    After MATLAB's reversal, the data's sample axis is the one whose length equals the number
-    of labels (axis 0 preferred).  ``(N, L)`` real or complex is one signal per row; ``(N, C, L)``
-    and ``(N, L, C)`` are told apart by the channel axis being the shorter of the other two
-    (a tie means ``(N, C, L)``).  Complex data becomes channels ``[real..., imag...]`` (so
-    ``(N, L)`` complex gives ``(N, 2, L)`` = I, Q).  Labels may be a vector, ``(N, 1)`` or
-    ``(1, N)``, of any values (MATLAB's are often 1-based floats); they map to 0..K-1 in
-    sorted order (``classes`` holds the original values; integral floats become ints).
+    The formats, data/label keys and array layouts of :mod:`imbalance.signal_io` (``.mat`` v5
+    and v7.3, ``.h5``/``.hdf5``, ``.npz``, ``.npy``; complex data becomes I/Q channels). Labels of
+    any values map to 0..K-1 in sorted order (``classes`` holds the original values; integral
+    floats become ints).
 
 Per-sample processing (in this order)
     ``target_length``: keep the first ``target_length`` samples of a longer signal, pad a
