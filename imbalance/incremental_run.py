@@ -501,6 +501,9 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
             t0 = time.perf_counter()
             if method == "wa":
                 log.warning("stage 2 after incremental.method=wa re-trains the classifier that weight aligning aligned")
+            if plan.eval_classifier == "nme":
+                log.warning("stage 2 re-trains the head, but the session is evaluated by the nearest mean of exemplars "
+                            "(incremental.eval_classifier=nme); the head's figures are in metrics.stage2")
             ctx.data = _bundle(_with_memory(s, memory, "stage 2 (cRT on memory + new data)"), s, shape)
             analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
             plan2 = _early_stopping_off(B.build_stage2(cfg, ctx.data, model, device))
