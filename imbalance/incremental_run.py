@@ -58,7 +58,7 @@ from torch import nn
 
 from . import builders as B
 from .errors import ConfigError, DataError, UserError
-from .exemplars import ExemplarMemory, NMEModel, extract_features, update_memory
+from .exemplars import ExemplarMemory, NMEModel, extract_features, per_class_quota, update_memory
 from .incremental import (frozen_copy, grow_model_classifier, label_positions, merge_classes, new_row_init,
                           next_session, plain_head, session_classes, validate_new_session)
 from .incremental_methods import OPTION_KEYS, BoundTeacherLoss, TeacherHook, build_incremental
@@ -68,7 +68,8 @@ from .results import plain
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_incremental", "base_session", "keeps_memory", "session_config", "prepare_student",
+__all__ = ["run_incremental", "base_session", "keeps_memory", "check_memory_budget", "session_config",
+           "prepare_student",
            "MEMORY_FOLDER", "FIGURE_NAME"]
 
 #: The exemplar memory's folder inside a run folder.
@@ -92,6 +93,13 @@ def keeps_memory(cfg: DictConfig) -> bool:
     if flag is not None:
         return bool(flag)
     return cfg.data.path_train is None and bool(cfg.data.synthetic.sessions)
+
+
+def check_memory_budget(cfg: DictConfig, num_classes: int) -> int:
+    """Exemplars per class for ``num_classes`` learned classes (a ConfigError, one line, for a
+    budget below one per class), checked before any training."""
+    inc = cfg.incremental
+    return per_class_quota(num_classes, memory_per_class=inc.memory_per_class, memory_total=inc.memory_total)
 
 
 def _get(tree: Dict[str, Any], dotted: str) -> Any:
@@ -434,6 +442,7 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
     history = _parent_history(parent, parent_results, old)
     num_old, K = len(old), len(s.classes)
     probe = build_incremental(method, num_old=num_old, num_classes=K, **options)  # option errors before any file
+    check_memory_budget(cfg, K)
 
     folder.root.mkdir(parents=True, exist_ok=True)
     handler = attach_run_log(folder.root)

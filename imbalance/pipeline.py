@@ -32,7 +32,7 @@ from .classifier_chain import describe_chain
 from .config import validate, with_schema
 from .engine import predict
 from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
-from .incremental_run import keeps_memory
+from .incremental_run import check_memory_budget, keeps_memory
 from .precision import make_precision
 from .results import build_results, format_pct, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
@@ -157,6 +157,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     _announce(cfg, folder, point, notes)
     timings: Dict[str, float] = {}
     ctx, class_names, model_info = _context(cfg, folder, point, on_batch_end, timings)
+    if keeps_memory(cfg):
+        check_memory_budget(cfg, ctx.data.num_classes)  # a budget below one per class fails before training
     analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
     metrics: Dict[str, Any] = {}
     stage_info: Dict[str, Any] = {}

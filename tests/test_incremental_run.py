@@ -93,6 +93,7 @@ def test_sessions_follow_their_parent_and_the_parent_is_never_modified(chain):
     assert not (root / "s3").exists()
 
 
+@pytest.mark.slow
 def test_a_sessions_final_model_evaluates_like_any_run(chain, tmp_path):
     from imbalance.pipeline import run
 
@@ -126,6 +127,7 @@ def test_student_keeps_old_rows_bit_exact_and_the_teacher_is_the_parent(chain):
         torch.testing.assert_close(teacher(x), parent(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["finetune", "lwf", "icarl", "wa"])
 def test_every_method_runs_a_session(chain, tmp_path, method):
     root, _ = chain
@@ -142,6 +144,7 @@ def test_every_method_runs_a_session(chain, tmp_path, method):
         assert (w >= 0).all()  # clipped after every step; aligning scales by gamma > 0
 
 
+@pytest.mark.slow
 def test_crt_follow_up_trains_on_memory_plus_new_even_without_replay(chain, tmp_path):
     root, _ = chain
     _run(tmp_path / "s", "mode=incremental", f"resume={root / 'base'}", "incremental.method=lwf", "training.epochs=1",
@@ -162,9 +165,12 @@ def test_session_keys_and_bad_input_are_one_clear_line(chain, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="not found"):
         _run(tmp_path / "c", "mode=incremental", f"resume={tmp_path / 'nope'}")
-    with pytest.raises(ConfigError, match="memory_total"):
+    with pytest.raises(ConfigError, match="memory_total=7 gives 0 exemplars per class for 8 classes"):
         _run(tmp_path / "d", "mode=incremental", f"resume={root / 'base'}", "incremental.memory_total=7", *QUICK)
-    assert not any((tmp_path / n).exists() for n in "abc")
+    with pytest.raises(ConfigError, match="memory_total=5 gives 0 exemplars per class for 6 classes"):
+        _run(tmp_path / "e", SESSIONS, "incremental.memory_total=5", *QUICK)
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not (tmp_path / "e" / "checkpoints").exists()  # refused before training
 
 
 # ----------------------------------------------------------------------------- user files
@@ -194,6 +200,7 @@ def files(tmp_path_factory):
     return d, paths
 
 
+@pytest.mark.slow
 def test_user_files_new_classes_follow_the_old_ones_and_evaluate(files, tmp_path):
     from imbalance.pipeline import run
 
@@ -210,6 +217,7 @@ def test_user_files_new_classes_follow_the_old_ones_and_evaluate(files, tmp_path
     assert _results(tmp_path / "ev")["metrics"]["final"]["overall"] == pytest.approx(res["metrics"]["final"]["overall"])
 
 
+@pytest.mark.slow
 def test_user_file_errors_are_one_line(files, tmp_path):
     d, p = files
     base = [f"resume={d / 'base'}", f"data.path_test={p['test_all']}", *QUICK]
@@ -242,3 +250,18 @@ def test_summarize_reads_incremental_runs(chain, tmp_path):
     assert row["all_macc_mean"] == pytest.approx(s2["all"]["macc"])
     assert row["forgetting_mean"] == pytest.approx(s2["summary"]["forgetting"])
     assert "Class-incremental sessions" in (out / "REPORT.md").read_text()
+
+
+def test_unused_incremental_keys_are_named(tiny):
+    from imbalance.recipe import unused_user_keys, user_set_keys
+
+    def unused(*o):
+        cfg = tiny(*o)
+        return dict(unused_user_keys(cfg, user_set_keys(cfg, [x.split("=")[0] for x in o])))
+
+    assert "only mode=incremental" in unused("incremental.method=wa")["incremental.method"]
+    assert "incremental.memory_per_class" not in unused(SESSIONS, "incremental.memory_per_class=5")
+    got = unused("mode=incremental", "resume=x", "incremental.method=icarl", "incremental.temperature=3")
+    assert got["incremental.temperature"] == "incremental.method=icarl does not use it"
+    assert "incremental.lwf_lambda" not in unused("mode=incremental", "resume=x", "incremental.method=lwf",
+                                                  "incremental.lwf_lambda=2")
