@@ -33,6 +33,13 @@ figure). The report gives the TEST figures of what was selected. Runs without
 configuration none of whose runs records it cannot be selected. Tables sorted by a test
 metric (``sort_by``) are for reading only and are labelled so.
 
+Class-incremental runs. A run whose results.json has an ``incremental`` block (a session of
+``mode=incremental``, or the base session of a ``mode=train`` run that kept a memory) is grouped
+with its session index (``incremental.session``) and without its parent's path (``resume``), so
+that the seeds of one method and session form one configuration; ``incremental_sessions`` has
+one row per method and session with the old / new / all accuracy and mAcc after it, the chain's
+average incremental accuracy and forgetting (REPORT.md "Class-incremental sessions").
+
 Baseline. Unless one is named, the baseline of a configuration is a configuration of type
 ``baseline`` (stage 2 disabled, CrossEntropy, no sampler, no calibration) with the same model,
 the one whose config agrees with it on the most keys; configurations without such a baseline get
