@@ -265,3 +265,13 @@ def test_unused_incremental_keys_are_named(tiny):
     assert got["incremental.temperature"] == "incremental.method=icarl does not use it"
     assert "incremental.lwf_lambda" not in unused("mode=incremental", "resume=x", "incremental.method=lwf",
                                                   "incremental.lwf_lambda=2")
+
+
+@pytest.mark.slow
+def test_session_figure_of_accuracy_per_session(chain, tmp_path):
+    root, _ = chain
+    _run(tmp_path / "s", "mode=incremental", f"resume={root / 's1'}", "visualization.enabled=true",
+         "visualization.plot_tsne_2d=false", *QUICK)
+    for ext in ("png", "pdf"):
+        assert (tmp_path / "s" / "results" / f"incremental_accuracy.{ext}").stat().st_size > 0
+    assert (tmp_path / "s" / "results" / "training_curves.png").is_file()  # the run's other figures too
