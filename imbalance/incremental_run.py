@@ -443,6 +443,8 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
     num_old, K = len(old), len(s.classes)
     probe = build_incremental(method, num_old=num_old, num_classes=K, **options)  # option errors before any file
     check_memory_budget(cfg, K)
+    train = _with_memory(s, memory, f"incremental.method={method} (replay)") if probe.replay else s.train
+    crt_train = _with_memory(s, memory, "stage 2 (cRT on memory + new data)") if cfg.stage2.enabled else None
 
     folder.root.mkdir(parents=True, exist_ok=True)
     handler = attach_run_log(folder.root)
@@ -451,7 +453,6 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
         log.info("run folder: %s (session %d after %s)", folder.root, s.index, parent.root)
         warn_unused_user_keys(cfg, overrides or [])
         precision = make_precision(device, bool(cfg.amp), cfg.amp_dtype)
-        train = _with_memory(s, memory, f"incremental.method={method} (replay)") if probe.replay else s.train
         data = _bundle(train, s, shape)
         counts_head = np.where(data.class_counts > 0, data.class_counts,
                                np.concatenate([np.asarray(info.class_counts), np.ones(K - num_old, np.int64)]))
@@ -513,7 +514,7 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
             if plan.eval_classifier == "nme":
                 log.warning("stage 2 re-trains the head, but the session is evaluated by the nearest mean of exemplars "
                             "(incremental.eval_classifier=nme); the head's figures are in metrics.stage2")
-            ctx.data = _bundle(_with_memory(s, memory, "stage 2 (cRT on memory + new data)"), s, shape)
+            ctx.data = _bundle(crt_train, s, shape)
             analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
             plan2 = _early_stopping_off(B.build_stage2(cfg, ctx.data, model, device))
             r2 = run_stage2(ctx, plan2, stage1=stages["stage1"])
