@@ -8,8 +8,9 @@ VALIDATION metric ``--select-by`` (default ``val_macc``; runs without ``val_metr
 excluded from the selection), reports the TEST figures of what it selected, and writes
 ``analysis_results_<timestamp>/`` (or ``--out``) with REPORT.md, the comparison figure and the
 CSV tables ranking_overall, comparison_by_type, comparison_sampling, comparison_loss,
-matrix_oa, matrix_macc, matrix_hm, best_configurations, improvement_over_baseline and
-all_results_full. See docs/sweeps.md.
+matrix_oa, matrix_macc, matrix_hm, best_configurations, improvement_over_baseline,
+all_results_full and, for class-incremental runs, incremental_sessions (old / new / all mAcc per
+method and session, average incremental mAcc, forgetting). See docs/sweeps.md and docs/incremental.md.
 """
 import sys
 

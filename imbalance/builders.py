@@ -48,6 +48,11 @@ def check_names(cfg: DictConfig) -> None:
     if cfg.stage2.enabled:
         checks += [(LOSSES, cfg.stage2.loss), (SAMPLERS, cfg.stage2.sampler), (OPTIMIZERS, cfg.stage2.optimizer),
                    (STAGE2_MODES, cfg.stage2.mode)]
+    if cfg.mode == "incremental" or cfg.incremental.save_memory or cfg.data.synthetic.sessions:
+        from .exemplars import SELECTORS
+        from .incremental_methods import INCREMENTAL_METHODS
+
+        checks += [(INCREMENTAL_METHODS, cfg.incremental.method), (SELECTORS, cfg.incremental.selection)]
     for registry, name in checks:
         registry.canonical(name)
     recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM with a non-normalised head is refused
@@ -152,9 +157,16 @@ def build_data(cfg: DictConfig) -> DataBundle:
     if cfg.create_imbalance:
         lt = D.make_long_tailed_indices(pool.labels, full.num_classes, float(dcfg.imbalance_ratio), seed=seed)
         train = pool.subset(lt)
-    counts = np.bincount(np.asarray(train.labels), minlength=full.num_classes).astype(np.int64)
+    classes = list(full.classes)
+    if paths["path_train"] is None and dcfg.synthetic.sessions:  # class-incremental: the base session only
+        from .incremental import session_classes
+
+        classes = session_classes(classes, list(dcfg.synthetic.sessions))[0]  # the first len(classes) labels
+        train, val, test = (ds.subset(np.flatnonzero(ds.labels < len(classes))) for ds in (train, val, test))
+        log.info("data: base session of data.synthetic.sessions=%s: classes %s", list(dcfg.synthetic.sessions), classes)
+    counts = np.bincount(np.asarray(train.labels), minlength=len(classes)).astype(np.int64)
     log.info("data: train %d (class counts %s), val %d, test %d", len(train), counts.tolist(), len(val), len(test))
-    return DataBundle(train=train, val=val, test=test, classes=list(full.classes), class_counts=counts,
+    return DataBundle(train=train, val=val, test=test, classes=classes, class_counts=counts,
                       num_channels=int(full.num_channels), length=int(full.length),
                       files={k: v for k, v in paths.items() if v}, train_pool=pool)
 

@@ -36,6 +36,7 @@ class SyntheticConfig:
     snr_db: List[float] = field(default_factory=lambda: [5.0, 20.0])
     difficulty: Optional[float] = None  # None: the generator's tuned default
     seed: int = 0  # the data set (fixed: one benchmark whatever the run's seed); emitters shared by all splits
+    sessions: Optional[List[int]] = None  # class-incremental sessions, e.g. [6, 2, 2]: mode=train learns the first
 
 
 @dataclass
@@ -261,6 +262,25 @@ class VisualizationConfig:
 
 
 @dataclass
+class IncrementalConfig:
+    """Class-incremental sessions (mode=incremental resume=<parent run>; docs/incremental.md)."""
+
+    method: str = "finetune"  # finetune / lwf / icarl / wa
+    memory_per_class: Optional[int] = 20  # exemplars kept per learned class
+    memory_total: Optional[int] = None  # a total budget instead (floor(total / classes) per class)
+    selection: str = "herding"  # herding / random
+    replay: Optional[bool] = None  # train on exemplars + new data; null: the method's default
+    eval_classifier: str = "auto"  # auto (the method's) / head / nme (nearest mean of exemplars)
+    temperature: float = 2.0  # distillation temperature (lwf, wa)
+    lwf_lambda: float = 1.0  # lwf: weight of the distillation term
+    lwf_ce: str = "new"  # lwf: cross-entropy over the new classes' outputs (new) or all outputs (all)
+    wa_clip: bool = True  # wa: classifier weights clipped to >= 0 after every step
+    wa_scale_bias: bool = False  # wa: scale the new classes' bias by gamma too
+    allow_seen_classes: bool = False  # a session's data may hold classes the parent learned
+    save_memory: Optional[bool] = None  # keep an exemplar memory in the run folder; null: with data.synthetic.sessions
+
+
+@dataclass
 class Config:
     exp_name: str = "demo"
     seed: int = 42
@@ -270,7 +290,7 @@ class Config:
     amp_dtype: str = "auto"  # auto / bf16 / fp16
     console_log_interval: int = 1
     create_imbalance: bool = True
-    mode: str = "train"  # train / eval
+    mode: str = "train"  # train / eval / incremental
     resume: Optional[str] = None
     compile: bool = False
     num_threads: int = 0  # 0: one intra-op thread per core
@@ -287,6 +307,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
 
 
 def with_schema(cfg: Any) -> Any:
@@ -358,7 +379,9 @@ _CHOICES = {
     "stage3.mode": ("none", "tau_norm", "logit_adjust", "both"),
     "evaluation.eval_logit_adjust": ("none", "posthoc"),
     "experiment.grouping": ("auto", "absolute", "quantile"),
-    "mode": ("train", "eval"),
+    "mode": ("train", "eval", "incremental"),
+    "incremental.eval_classifier": ("auto", "head", "nme"),
+    "incremental.lwf_ce": ("new", "all"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
 }
@@ -462,3 +485,17 @@ def validate(cfg: Any) -> None:
     parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0)
     if cfg.mode == "eval" and not cfg.resume:
         raise ConfigError("mode=eval needs resume=<run folder or checkpoint> naming the trained model")
+    if cfg.mode == "incremental" and not cfg.resume:
+        raise ConfigError("mode=incremental needs resume=<run folder> naming the parent run (it is only read)")
+    inc = cfg.incremental
+    for key in ("memory_per_class", "memory_total"):
+        value = inc[key]
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"incremental.{key}={value} is out of range; it must be an integer >= 1 or null")
+    if inc.memory_per_class is None and inc.memory_total is None:
+        raise ConfigError("incremental.memory_per_class and incremental.memory_total are both null; set one "
+                          "(the exemplar budget)")
+    if not (math.isfinite(float(inc.temperature)) and float(inc.temperature) > 0):
+        raise ConfigError(f"incremental.temperature={inc.temperature} must be a number > 0")
+    if not (math.isfinite(float(inc.lwf_lambda)) and float(inc.lwf_lambda) >= 0):
+        raise ConfigError(f"incremental.lwf_lambda={inc.lwf_lambda} must be a number >= 0")

@@ -313,7 +313,8 @@ def map_to_model_classes(ds: Any, classes: Sequence[Any], *, skip_unknown: bool,
         report.skipped = int(len(ds) - len(keep_rows))
         ds = ds.subset(keep_rows)
     remap = np.full(len(file_cls), -1, dtype=np.int64)
-    remap[known] = np.searchsorted(model_cls, file_cls[known])
+    position = {c: i for i, c in enumerate(model_cls.tolist())}  # the model's order (incremental: not sorted)
+    remap[known] = [position[c] for c in file_cls[known].tolist()]
     ds._set_labels(remap[ds.labels], model_cls)
     if absent:
         log.info("%s: %d of the model's classes have no sample in this file (%s); their recall is undefined",
@@ -385,6 +386,8 @@ def _load_eval_data(cfg: DictConfig, info: TrainedModelInfo, overrides: Optional
                            **extra)
     ds = D.ArraySignalDataset(*sets["test"], target_length=target_length, normalize=bool(src.normalize))
     _check_shape(ds, info, "built-in test data", hint)
+    if s.get("sessions"):  # class-incremental: the classes learned so far
+        skip = True
     ds, report = map_to_model_classes(ds, info.classes, skip_unknown=skip, where="built-in test data")
     log.info("data: built-in synthetic test split (%d bursts, snr_db %s)", len(ds), s["snr_db"])
     return ds, {}, report

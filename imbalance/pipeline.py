@@ -32,6 +32,7 @@ from .classifier_chain import describe_chain
 from .config import validate, with_schema
 from .engine import predict
 from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
+from .incremental_run import check_memory_budget, keeps_memory
 from .precision import make_precision
 from .results import build_results, format_pct, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
@@ -47,7 +48,8 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None, *, on_batch_end:
     """Train and evaluate as ``cfg`` says; write the run folder; return the final val mAcc.
 
     ``cfg.resume`` (``auto``, a run folder or a checkpoint) continues an interrupted run in its own
-    folder; with ``mode=eval`` it names the trained run to evaluate (:mod:`imbalance.evaluate`).
+    folder; with ``mode=eval`` it names the trained run to evaluate (:mod:`imbalance.evaluate`), with
+    ``mode=incremental`` the parent run a class-incremental session continues (:mod:`imbalance.incremental_run`).
     Under torchrun every rank calls this; rank 0 writes. Ctrl-C ends the run with exit status 130
     after saying how to resume it. ``on_batch_end(global_epoch, batch)`` (1-based) is called after
     every training batch. Process-wide settings (threads, console logging) are left to the caller
@@ -61,6 +63,10 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None, *, on_batch_end:
         from .evaluate import run_eval
 
         return run_eval(cfg, resolve_run_dir(run_dir))
+    if cfg.mode == "incremental":  # a class-incremental session after the run cfg.resume (only read)
+        from .incremental_run import run_incremental
+
+        return run_incremental(cfg, resolve_run_dir(run_dir), on_batch_end=on_batch_end)
     D.init_distributed(str(cfg.device))
     ok = False
     try:
@@ -151,6 +157,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     _announce(cfg, folder, point, notes)
     timings: Dict[str, float] = {}
     ctx, class_names, model_info = _context(cfg, folder, point, on_batch_end, timings)
+    if keeps_memory(cfg):
+        check_memory_budget(cfg, ctx.data.num_classes)  # a budget below one per class fails before training
     analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
     metrics: Dict[str, Any] = {}
     stage_info: Dict[str, Any] = {}
@@ -215,6 +223,10 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         extra["resumed_from"] = {"checkpoint": str(point.checkpoint), "stage": point.stage, "epoch": point.epoch}
     if env.enabled:
         extra["distributed"] = {"world_size": env.world_size, "backend": env.backend}
+    if keeps_memory(cfg):  # the base session of class-incremental learning: exemplar memory, session 0
+        from .incremental_run import base_session
+
+        extra["incremental"] = base_session(cfg, folder, ctx.net, data, final, device=ctx.device)
     results = build_results(
         exp_name=cfg.exp_name, run_dir=folder.root, config=ctx.config, class_counts=data.class_counts,
         classes=data.classes, class_names=class_names, metrics=metrics, final=final, calibration=calib,

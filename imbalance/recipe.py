@@ -253,9 +253,35 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
         elif key in ("early_stopping.patience", "early_stopping.min_delta", "early_stopping.min_epochs") and \
                 not cfg.early_stopping.enabled:
             why = "early_stopping.enabled is false"
+        elif sect == "incremental" and leaf:
+            why = _incremental_unused(cfg, leaf)
         if why:
             out.append((key, why))
     return out
+
+
+_MEMORY_KEYS = ("memory_per_class", "memory_total", "selection", "save_memory")
+
+
+def _incremental_unused(cfg: Any, leaf: str) -> Optional[str]:
+    """Why ``incremental.<leaf>`` is not read by this run, or None."""
+    from .incremental_methods import OPTION_KEYS, method_options
+
+    inc = cfg.incremental
+    if cfg.mode != "incremental":
+        keeps = inc.save_memory if inc.save_memory is not None else (
+            cfg.data.path_train is None and bool(cfg.data.synthetic.sessions))
+        if leaf in _MEMORY_KEYS and (keeps or leaf == "save_memory"):
+            return None
+        return "only mode=incremental uses it" + ("" if leaf not in _MEMORY_KEYS else
+                                                  " (or a run that keeps a memory: incremental.save_memory=true)")
+    if leaf == "save_memory":
+        return "a session always keeps the memory it continues"
+    if leaf in OPTION_KEYS and leaf not in method_options(inc.method):
+        return f"incremental.method={inc.method} does not use it"
+    if leaf == "allow_seen_classes" and cfg.data.path_train is None:
+        return "the built-in data's sessions never share classes"
+    return None
 
 
 def warn_unused_user_keys(cfg: Any, overrides: Sequence[str] = ()) -> List[str]:

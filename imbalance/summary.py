@@ -33,6 +33,13 @@ figure). The report gives the TEST figures of what was selected. Runs without
 configuration none of whose runs records it cannot be selected. Tables sorted by a test
 metric (``sort_by``) are for reading only and are labelled so.
 
+Class-incremental runs. A run whose results.json has an ``incremental`` block (a session of
+``mode=incremental``, or the base session of a ``mode=train`` run that kept a memory) is grouped
+with its session index (``incremental.session``) and without its parent's path (``resume``), so
+that the seeds of one method and session form one configuration; ``incremental_sessions`` has
+one row per method and session with the old / new / all accuracy and mAcc after it, the chain's
+average incremental accuracy and forgetting (REPORT.md "Class-incremental sessions").
+
 Baseline. Unless one is named, the baseline of a configuration is a configuration of type
 ``baseline`` (stage 2 disabled, CrossEntropy, no sampler, no calibration) with the same model,
 the one whose config agrees with it on the most keys; configurations without such a baseline get
@@ -307,9 +314,61 @@ def load_run(folder: str | os.PathLike, root: str | os.PathLike | None = None) -
         except TypeError:
             pass
     extra["git_commit"] = data.get("git_commit")
+    inc = data.get("incremental")
+    if isinstance(inc, dict):  # a class-incremental session: its index separates configurations, its parent not
+        flat["resume"] = None
+        flat["incremental.session"] = inc.get("session")
+        extra.update(incremental_columns(inc, flat))
     exp_name = data.get("exp_name") or flat.get("exp_name") or folder.name
     return RunRecord(path=folder, relpath=rel, exp_name=str(exp_name), seed=flat.get("seed"),
                      config=flat, metrics=vals, extra=extra)
+
+
+#: Columns of a class-incremental session (results.json ``incremental``), each a fraction.
+INCREMENTAL_METRICS: tuple[str, ...] = ("old_macc", "new_macc", "all_macc", "old_acc", "new_acc", "all_acc",
+                                        "aia_macc", "aia_acc", "forgetting")
+
+
+def incremental_columns(inc: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
+    """The summary columns of a run's ``incremental`` block: ``inc_session``, ``inc_method``
+    (``base`` for session 0; ``+ stage 2`` when cRT followed), old / new / all accuracy and
+    mAcc after the session, the chain's average incremental accuracy / mAcc and forgetting."""
+    out: dict[str, Any] = {"inc_session": inc.get("session")}
+    method = inc.get("method") or "base"
+    if method != "base" and _truthy(flat.get("stage2.enabled", False)):
+        method += f" + stage 2 ({_name(flat.get('stage2.mode'), 'crt')})"
+    out["inc_method"] = method
+    for g in ("old", "new", "all"):
+        grp = inc.get(g) if isinstance(inc.get(g), dict) else {}
+        out[f"inc_{g}_macc"] = _as_float(grp.get("macc"))
+        out[f"inc_{g}_acc"] = _as_float(grp.get("acc"))
+    summ = inc.get("summary") if isinstance(inc.get("summary"), dict) else {}
+    out["inc_aia_macc"] = _as_float(summ.get("average_incremental_macc"))
+    out["inc_aia_acc"] = _as_float(summ.get("average_incremental_acc"))
+    out["inc_forgetting"] = _as_float(summ.get("forgetting"))
+    return out
+
+
+def incremental_table(runs_df: Any) -> Any:
+    """One row per class-incremental configuration and session: ``config``, ``method``,
+    ``session``, ``n`` and mean / std over seeds of :data:`INCREMENTAL_METRICS`; empty without
+    incremental runs."""
+    import pandas as pd
+
+    cols = ["config", "config_id", "method", "session", "n"] + [f"{m}_{s}" for m in INCREMENTAL_METRICS
+                                                                for s in ("mean", "std")] + ["run_dirs"]
+    if "inc_session" not in runs_df or runs_df["inc_session"].isna().all():
+        return pd.DataFrame(columns=cols)
+    sub = runs_df[runs_df["inc_session"].notna()]
+    rows = []
+    for gid, g in sub.groupby("config_id", sort=False):
+        row = {"config": g["config"].iloc[0], "config_id": gid, "method": g["inc_method"].iloc[0],
+               "session": int(g["inc_session"].iloc[0]), "n": len(g), "run_dirs": " ".join(g["run_dir"])}
+        for m in INCREMENTAL_METRICS:
+            v = g[f"inc_{m}"].astype(float)
+            row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), v.std()
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols).sort_values(["session", "method"], kind="stable").reset_index(drop=True)
 
 
 def collect_runs(root: str | os.PathLike, pattern: str | None = None) -> tuple[list[RunRecord], list[SkippedRun]]:
@@ -596,6 +655,7 @@ def build_tables(
         "best_configurations": best_cfg,
         "improvement_over_baseline": improvement,
         "all_results_full": full,
+        "incremental_sessions": incremental_table(runs_df),
     }
     return SummaryTables(tables=tables, groups=groups, runs=runs_df, sort_by=sort_by,
                          baseline_note=note, searches=searches or [], select_by=select_by,
@@ -820,6 +880,18 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
                     + [_pct(r[vcol], r[f"{st.select_by}_std"], r[f"{st.select_by}_count"])])
     L.append(_md_table(["#", "Configuration", "Type", "n"] + [METRIC_TITLES[m] for m in KEY_METRICS]
                        + [f"Val {sel_title.split()[-1]}"], rows))
+    inc = st.tables.get("incremental_sessions")
+    if inc is not None and len(inc):
+        L += ["", "## Class-incremental sessions", "",
+              "After each session: mean recall (mAcc) on the old classes, the session's new classes and all learned "
+              "classes; the chain's average incremental mAcc (over the sessions so far, the base included) and "
+              "forgetting (Chaudhry et al. 2018: the drop of each old class from its best earlier accuracy). Test "
+              "figures, mean ± std over seeds.", ""]
+        L.append(_md_table(["Method", "Session", "n", "Old mAcc", "New mAcc", "All mAcc", "Avg inc. mAcc", "Forgetting"],
+                           [[r["method"], int(r["session"]), int(r["n"])]
+                            + [_pct(r[f"{m}_mean"], r[f"{m}_std"], r["n"])
+                               for m in ("old_macc", "new_macc", "all_macc", "aia_macc", "forgetting")]
+                            for _, r in inc.iterrows()]))
     if fig_name:
         L += ["", "## Method comparison", "", f"![mAcc, Few and HM per configuration]({fig_name})",
               "", f"First {min(20, len(g))} configurations sorted by test {sb} (for reading; selection is by "
@@ -870,7 +942,8 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
           "`comparison_sampling.csv`, `comparison_loss.csv`, `matrix_oa.csv`, `matrix_macc.csv`, `matrix_hm.csv` "
           "(loss × sampler), `best_configurations.csv` (the configuration each validation metric selects, with its "
           "test figures), `improvement_over_baseline.csv`, `all_results_full.csv` "
-          "(one row per run with its flattened config). Numbers in the CSV files are fractions in [0, 1].", ""]
+          "(one row per run with its flattened config), `incremental_sessions.csv` (class-incremental runs: one "
+          "row per method and session). Numbers in the CSV files are fractions in [0, 1].", ""]
     return "\n".join(L)
 
 

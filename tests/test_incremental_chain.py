@@ -10,20 +10,24 @@ import torch
 
 from imbalance.exemplars import ExemplarMemory, extract_features, update_memory
 from imbalance.incremental import (
-    BoundTeacherLoss,
-    TeacherHook,
-    build_incremental,
-    chain_summary,
     frozen_copy,
     grow_model_classifier,
     label_positions,
     merge_classes,
     next_session,
-    plot_session_accuracy,
     samples_of_classes,
     session_classes,
-    session_record,
     validate_new_session,
+)
+from imbalance.incremental_methods import (
+    BoundTeacherLoss,
+    TeacherHook,
+    build_incremental,
+)
+from imbalance.incremental_metrics import (
+    chain_summary,
+    plot_session_accuracy,
+    session_record,
 )
 from imbalance.models import create_model
 from imbalance.synthetic import builtin_dataset

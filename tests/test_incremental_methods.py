@@ -1,4 +1,4 @@
-"""Class-incremental methods (imbalance.incremental): growing the head, the LwF / iCaRL / WA
+"""Class-incremental methods (imbalance.incremental, imbalance.incremental_methods): growing the head, the LwF / iCaRL / WA
 losses against hand-computed values, the teacher's target, weight aligning and clipping, and
 the method registry."""
 from __future__ import annotations
@@ -13,6 +13,11 @@ from torch import nn
 from imbalance.errors import ConfigError, UnknownNameError
 from imbalance.heads import CosineMarginClassifier, LogitAdjustedLinear, TemperatureScaledClassifier, ldam_margins
 from imbalance.incremental import (
+    frozen_copy,
+    grow_classifier,
+    grow_model_classifier,
+)
+from imbalance.incremental_methods import (
     INCREMENTAL_METHODS,
     BoundTeacherLoss,
     ICaRLLoss,
@@ -22,9 +27,6 @@ from imbalance.incremental import (
     attach_weight_clipping,
     build_incremental,
     clip_weights_,
-    frozen_copy,
-    grow_classifier,
-    grow_model_classifier,
     kd_cross_entropy,
     method_options,
     weight_align,

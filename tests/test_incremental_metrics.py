@@ -7,20 +7,22 @@ import pytest
 
 from imbalance.errors import ConfigError, DataError
 from imbalance.incremental import (
+    label_positions,
+    merge_classes,
+    next_session,
+    samples_of_classes,
+    session_classes,
+    validate_new_session,
+)
+from imbalance.incremental_metrics import (
     accuracy_table,
     average_incremental_accuracy,
     chain_summary,
     forgetting,
-    label_positions,
-    merge_classes,
-    next_session,
     per_class_accuracy,
     plot_session_accuracy,
-    samples_of_classes,
-    session_classes,
     session_metrics,
     session_record,
-    validate_new_session,
 )
 
 
