@@ -160,7 +160,7 @@ class DiskFull(Recorder):
 def test_failing_backend_warns_once_and_the_rest_logs(tmp_path, caplog):
     bad, good = DiskFull(), Recorder()
     lg = CompositeLogger([bad, good])
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         simulate(lg, tmp_path, confusion=False)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -325,7 +325,7 @@ def test_tensorboard_sweep_runs_line_up(tmp_path):
 def test_missing_mlflow_warns_once_and_tensorboard_still_logs(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     lg = make_loggers(["tensorboard", "mlflow"], {"mlflow": {"tracking_uri": "sqlite:///m.db"}}, base_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         simulate(lg, tmp_path / "run", confusion=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "pip install mlflow" in warnings[0]
@@ -348,7 +348,7 @@ def test_tensorboard_failure_midway_keeps_training_going(tmp_path, monkeypatch, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tbl.writer, "add_scalar", full)
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         for row, recall in make_rows(((1, 3),)):
             lg.log_epoch(row, recall)
         lg.log_final(FINAL)
