@@ -287,6 +287,9 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
+    # The run loggers: a multi-select group (conf/logger/, logger=[csv,tensorboard,mlflow]); each key
+    # names a backend and holds its options (checked by the backend). logs/metrics.csv is always written.
+    logger: Dict[str, Any] = field(default_factory=dict)
 
 
 def with_schema(cfg: Any) -> Any:

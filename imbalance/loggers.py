@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, List, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from .errors import ConfigError
 from .logger_base import (LOGGERS, CompositeLogger, CSVLogger, RunLogger, epoch_scalars, final_metrics,
@@ -60,6 +61,7 @@ from .logger_mlflow import (DEFAULT_TRACKING_URI, FINAL_LOGGED_TAG, MLFLOW_RUN_F
 
 __all__ = [
     "LOGGERS", "RunLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "CompositeLogger", "make_loggers",
+    "epoch_hook", "log_run_end",
     "null_logger", "flatten_config", "epoch_scalars", "final_metrics", "group_recall",
     "render_confusion_matrix_png", "drop_events_after", "resolve_tracking_uri", "import_mlflow_client", "run_key",
     "MLFLOW_RUN_FILE", "DEFAULT_TRACKING_URI", "RUN_KEY_TAG", "RUN_DIR_TAG", "FINAL_LOGGED_TAG",
@@ -99,3 +101,33 @@ def make_loggers(names: Sequence[str] | str, options: Optional[Mapping[str, Mapp
         backends.append(cls(**kwargs))
     return CompositeLogger(backends)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# What the run calls (imbalance.pipeline): plain values in
+# ---------------------------------------------------------------------------------------------
+def epoch_hook(logger: RunLogger, class_groups: Sequence[str]) -> Callable[[Mapping[str, Any], Mapping[str, Any]], None]:
+    """``hook(row, val)`` for the training loop's ``on_epoch_end``: the metrics.csv ``row`` and the
+    validation recall of each group (from the validation predictions ``val["logits"]``,
+    ``val["labels"]``; ``class_groups[c]`` is class c's group from TRAINING counts) go to the
+    loggers. Nothing is computed when no backend is active."""
+    groups = list(class_groups)
+
+    def hook(row: Mapping[str, Any], val: Mapping[str, Any]) -> None:
+        if not getattr(logger, "active", True):
+            return
+        logger.log_epoch(row, group_recall(val["labels"], val["logits"].argmax(1), groups))
+
+    return hook
+
+
+def log_run_end(logger: RunLogger, results: Mapping[str, Any], *, results_path: os.PathLike,
+                summary_path: os.PathLike, figures_dir: Optional[os.PathLike] = None) -> None:
+    """The finished run's final metrics (:func:`final_metrics` of the results record), its
+    results.json and summary.txt, the figures in ``figures_dir`` (PNG and PDF; TensorBoard shows
+    the PNGs) and the final confusion matrix, to the loggers (closing is left to the caller: ``with logger: ...``)."""
+    figures = sorted(p for p in Path(figures_dir).iterdir() if p.suffix.lower() in (".png", ".pdf")) \
+        if figures_dir is not None else []
+    names = results.get("class_names") or [str(c) for c in results.get("classes") or []]
+    logger.log_final(final_metrics(results), results_path=results_path, summary_path=summary_path, figures=figures,
+                     confusion_matrix=results.get("confusion_matrix"), class_names=names)

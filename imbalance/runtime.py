@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["configure_process", "setup_console_logging", "attach_run_log", "detach_run_log", "seed_everything",
            "parse_gpus", "select_device", "set_threads", "tune_allocator", "resolve_run_dir", "original_cwd",
-           "resolve_path", "cli_overrides"]
+           "resolve_path", "cli_overrides", "sweep_name"]
 
 PACKAGE_LOGGER = "imbalance"
 _HANDLER_TAG = "_imbalance_handler"
@@ -248,3 +248,19 @@ def cli_overrides() -> Optional[List[str]]:
         return [str(o) for o in HydraConfig.get().overrides.task]
     except Exception:  # pragma: no cover - Hydra internals
         return []
+
+
+def sweep_name() -> Optional[str]:
+    """The folder name of the Hydra multirun this job belongs to (``multirun_<timestamp>``); None
+    for a single run or outside a Hydra application."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    try:
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+    except Exception:  # pragma: no cover - Hydra internals
+        return None

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from imbalance.errors import ConfigError, UnknownNameError
 from imbalance.loggers import (LOGGERS, CompositeLogger, RunLogger, TensorBoardLogger, epoch_scalars,
                                final_metrics, flatten_config, group_recall, make_loggers, null_logger,
                                render_confusion_matrix_png, resolve_tracking_uri)
-from test_loggers_support import (COLUMNS, CONFIG, FINAL, GROUP_TAGS, RESULTS, make_rows, png_bytes,
-                                  simulate, value)
+from test_loggers_support import (COLUMNS, CONFIG, FINAL, GROUP_TAGS, RESULTS, data_server_series, hparams_of,
+                                  make_rows, png_bytes, read_tb, scalar_series, simulate, value)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -191,47 +189,10 @@ tb_reader = pytest.importorskip("tensorboard.backend.event_processing.event_accu
                                 reason="tensorboard is not installed")
 
 
-def read_tb(path: Path):
-    ea = tb_reader.EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    ea.Reload()
-    return ea
-
-
-def hparams_of(ea):
-    from tensorboard.plugins.hparams import metadata
-
-    content = ea.PluginTagToContent("hparams")
-    ssi = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-    exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
-    return ssi, exp
-
-
-def scalar_series(ea, tag):
-    return [(e.step, e.value) for e in ea.Scalars(tag)]
-
-
 def expected_series(tag, stage_epochs, offset_from=None, offset=0.0):
     col = tag.split("/", 1)[1]
     return [(g, pytest.approx(value(col, g, offset if offset_from and g > offset_from else 0.0), rel=1e-6))
             for g in stage_epochs]
-
-
-def data_server_series(tb_dir: Path, tag: str):
-    """A series as TensorBoard's default (Rust) data server shows it: event files in name order,
-    and a record of step s replaces the series' records of steps >= s (reservoir.rs
-    "preemption"); it ignores purge_step."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    out = []
-    for f in sorted(p for p in tb_dir.iterdir() if "tfevents" in p.name):
-        for ev in EventFileLoader(str(f)).Load():
-            for v in ev.summary.value:
-                if v.tag == tag:
-                    val = v.simple_value if v.HasField("simple_value") else float(
-                        np.frombuffer(v.tensor.tensor_content, np.float32)[0]) if v.tensor.tensor_content \
-                        else v.tensor.float_val[0]
-                    out = [(s, x) for s, x in out if s < ev.step] + [(ev.step, val)]
-    return out
 
 
 def test_tensorboard_two_stage_run(tmp_path):
