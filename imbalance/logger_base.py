@@ -225,10 +225,11 @@ class RunLogger:
 
     def start(self, run_dir: os.PathLike, config: Mapping[str, Any], *, exp_name: str,
               resume_global_epoch: Optional[int] = None, sweep: Optional[str] = None,
-              git_commit: Optional[str] = None) -> None:
+              git_commit: Optional[str] = None, varied: Sequence[str] = ()) -> None:
         """Begin (or, with ``resume_global_epoch``, continue) the run whose folder is ``run_dir``.
         ``config`` is the resolved config as a plain dict; ``sweep`` names the multirun (its
-        folder name), None for a single run."""
+        folder name), None for a single run; ``varied`` lists the config keys the sweep varies
+        (or, for a single run, the keys set on its command line): trackers may show them first."""
 
     def log_epoch(self, row: Mapping[str, Any], group_recall: Optional[Mapping[str, Any]] = None) -> None:
         """One metrics.csv row (and optionally the validation recall per group)."""
@@ -291,9 +292,9 @@ class CompositeLogger(RunLogger):
 
     def start(self, run_dir: os.PathLike, config: Mapping[str, Any], *, exp_name: str,
               resume_global_epoch: Optional[int] = None, sweep: Optional[str] = None,
-              git_commit: Optional[str] = None) -> None:
+              git_commit: Optional[str] = None, varied: Sequence[str] = ()) -> None:
         self._call("start", run_dir, config, exp_name=exp_name, resume_global_epoch=resume_global_epoch,
-                   sweep=sweep, git_commit=git_commit)
+                   sweep=sweep, git_commit=git_commit, varied=list(varied))
 
     def log_epoch(self, row: Mapping[str, Any], group_recall: Optional[Mapping[str, Any]] = None) -> None:
         self._call("log_epoch", row, group_recall)

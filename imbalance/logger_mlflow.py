@@ -238,7 +238,7 @@ class MLflowLogger(RunLogger):
 
     def start(self, run_dir: os.PathLike, config: Mapping[str, Any], *, exp_name: str,
               resume_global_epoch: Optional[int] = None, sweep: Optional[str] = None,
-              git_commit: Optional[str] = None) -> None:
+              git_commit: Optional[str] = None, varied: Sequence[str] = ()) -> None:
         MlflowClient = import_mlflow_client()
         run_dir = Path(run_dir)
         run_file = run_dir / MLFLOW_RUN_FILE
@@ -255,6 +255,8 @@ class MLflowLogger(RunLogger):
                     tags["imbalance.sweep"] = sweep
                 if git_commit:
                     tags["mlflow.source.git.commit"] = git_commit
+                if varied:
+                    tags["imbalance.varied"] = ", ".join(varied)[:5000]
                 run_name = run_dir.name if sweep else exp_name
                 run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id

@@ -16,7 +16,11 @@ from .logger_base import (LOGGERS, RunLogger, check_option, config_yaml, epoch_s
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TensorBoardLogger", "drop_events_after"]
+__all__ = ["TensorBoardLogger", "drop_events_after", "hparam_names", "order_experiment", "FIRST_METRICS"]
+
+#: The HParams tab shows 5 metric columns at first: these, in this order (SEED's paper metrics).
+FIRST_METRICS = ("test/final/macc", "test/final/many_acc", "test/final/medium_acc", "test/final/few_acc",
+                 "test/final/hm", "val/macc")
 
 
 @LOGGERS.register("tensorboard")
@@ -50,10 +54,11 @@ class TensorBoardLogger(RunLogger):
         self._floor = 0
         self._step = 0
         self._hparams: Dict[str, Any] = {}
+        self._varied: List[str] = []
 
     def start(self, run_dir: os.PathLike, config: Mapping[str, Any], *, exp_name: str,
               resume_global_epoch: Optional[int] = None, sweep: Optional[str] = None,
-              git_commit: Optional[str] = None) -> None:
+              git_commit: Optional[str] = None, varied: Sequence[str] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(run_dir) / self.log_dir
@@ -70,6 +75,7 @@ class TensorBoardLogger(RunLogger):
         self.writer = SummaryWriter(log_dir=str(self.path), purge_step=self._floor + 1 if resumed else None,
                                     flush_secs=self.flush_secs)
         self._hparams = self._hparam_values(config, exp_name=exp_name, sweep=sweep, git_commit=git_commit)
+        self._varied = hparam_names(varied, self._hparams)
         if not resumed:
             text = "    " + config_yaml(config).replace("\n", "\n    ")
             self.writer.add_text("config", text, 0)
@@ -102,6 +108,7 @@ class TensorBoardLogger(RunLogger):
         step = self._step
         values = {k: float(v) for k, v in metrics.items() if is_number(v) and math.isfinite(float(v))}
         exp, ssi, sei = hparams(self._hparams, values)
+        order_experiment(exp, self._varied, [m for m in FIRST_METRICS if m in values])
         fw = self.writer.file_writer
         for summary in (exp, ssi, sei):
             fw.add_summary(summary, step)
@@ -176,3 +183,39 @@ def drop_events_after(log_dir: os.PathLike, last_step: int) -> int:
         f.unlink()
     return dropped
 
+
+def hparam_names(keys: Sequence[str], hparams: Mapping[str, Any]) -> List[str]:
+    """The hparam names of config ``keys`` (``stage2.loss``, or a group such as ``loss`` ->
+    ``loss.name`` / ``stage2`` -> ``stage2.mode``), in order, once; keys that name no hparam are
+    dropped."""
+    out: List[str] = []
+    for key in keys:
+        for name in (key, f"{key}.name", f"{key}.mode"):
+            if name in hparams:
+                if name not in out:
+                    out.append(name)
+                break
+    return out
+
+
+def order_experiment(summary: Any, varied: Sequence[str], first_metrics: Sequence[str]) -> None:
+    """Reorder the HParams experiment summary in place for TensorBoard's HParams tab, which shows
+    the first 5 hyperparameters after sorting those marked ``differs`` to the front, and the first
+    5 metrics: the ``varied`` hparams are marked ``differs`` (what a sweep compares, where it is
+    known) and ``first_metrics`` lead the metric list."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    value = summary.value[0]
+    exp = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+    rank = {name: i for i, name in enumerate(varied)}
+    infos = sorted(exp.hparam_infos, key=lambda h: rank.get(h.name, len(rank)))
+    for h in infos:
+        h.differs = h.name in rank
+    mrank = {name: i for i, name in enumerate(first_metrics)}
+    metrics = sorted(exp.metric_infos, key=lambda m: mrank.get(m.name.tag, len(mrank)))
+    del exp.hparam_infos[:]
+    exp.hparam_infos.extend(infos)
+    del exp.metric_infos[:]
+    exp.metric_infos.extend(metrics)
+    content = plugin_data_pb2.HParamsPluginData(experiment=exp, version=metadata.PLUGIN_DATA_VERSION)
+    value.metadata.plugin_data.content = content.SerializeToString()

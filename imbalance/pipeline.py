@@ -37,7 +37,7 @@ from .precision import make_precision
 from .results import build_results, format_pct, git_commit, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
 from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_run_dir, seed_everything, select_device, \
-    sweep_name
+    sweep_name, varied_keys
 from .stages import RunContext, run_stage1, run_stage2, run_stage3
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     ctx, class_names, model_info = _context(cfg, folder, point, on_batch_end, timings)
     analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
     tracker.start(folder.root, ctx.config, exp_name=cfg.exp_name, sweep=sweep_name(), git_commit=git_commit(),
-                  resume_global_epoch=None if point is None else int(point.state["global_epoch"]))
+                  resume_global_epoch=None if point is None else int(point.state["global_epoch"]), varied=varied_keys())
     ctx.on_epoch_end = epoch_hook(tracker, analyzer.groups)  # each metrics.csv row, + val recall per group
     metrics: Dict[str, Any] = {}
     stage_info: Dict[str, Any] = {}

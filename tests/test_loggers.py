@@ -233,6 +233,26 @@ def test_tensorboard_two_stage_run(tmp_path):
     assert len(cm) == 1 and cm[0].encoded_image_string.startswith(b"\x89PNG")
 
 
+def test_tensorboard_hparams_tab_shows_the_varied_keys_and_key_metrics_first(tmp_path):
+    """TensorBoard's HParams tab shows the first 5 hparams after sorting `differs` ones first, and
+    the first 5 metrics: the keys a sweep varies are marked `differs` (a group such as `stage2`
+    names its mode), the final mAcc / many / medium / few / HM lead the metrics."""
+    from imbalance.logger_tensorboard import FIRST_METRICS
+
+    run = tmp_path / "run"
+    simulate(make_loggers(["tensorboard"]), run, varied=["training.lr", "stage2", "no.such.key", "seed"],
+             confusion=False)
+    ssi, exp = hparams_of(read_tb(run / "tb"))
+    names = [h.name for h in exp.hparam_infos]
+    assert names[:3] == ["training.lr", "stage2.mode", "seed"]
+    assert [h.name for h in exp.hparam_infos if h.differs] == names[:3]
+    assert set(names) == set(ssi.hparams)  # nothing lost
+    metrics = [m.name.tag for m in exp.metric_infos]
+    present = [m for m in FIRST_METRICS if m in FINAL]
+    assert present == ["test/final/macc", "test/final/many_acc", "test/final/few_acc", "test/final/hm", "val/macc"]
+    assert metrics[:len(present)] == present and set(metrics) == set(FINAL)
+
+
 def test_tensorboard_resume_has_no_duplicate_steps(tmp_path):
     run = tmp_path / "run"
     # first session: stage 1 (epochs 1-3) and stage 2 (4-5) logged, then interrupted; the run is

@@ -4,6 +4,7 @@ MLflow store (MlflowClient) read back after a two-stage run, a resumed run, a fa
 logs/metrics.csv and results.json."""
 from __future__ import annotations
 
+import copy
 import csv
 import inspect
 import json
@@ -135,6 +136,40 @@ def test_other_ranks_get_the_no_op_logger():
     cfg = tiny_cfg("logger=[csv,tensorboard,mlflow]")
     assert [b.name for b in build_run_logger(cfg).backends] == ["csv", "tensorboard", "mlflow"]
     assert build_run_logger(cfg, main_process=False).backends == []
+
+
+def test_varied_keys_are_the_swept_keys_of_a_multirun_else_the_command_line(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from imbalance.config import CONFIG_DIR, register_configs, register_resolvers
+    from imbalance.runtime import varied_keys
+
+    assert varied_keys() == []  # outside Hydra
+    register_configs()
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["seed=1", "loss=focal", "logger=[csv,tensorboard]", "resume=auto"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    multi = copy.deepcopy(cfg)
+    try:
+        HydraConfig.instance().set_config(cfg)
+        assert varied_keys() == ["seed", "loss"]  # a single run: what the command line set
+        # a job of `python main.py -m seed=0,1 loss=focal training.lr=range(...) logger=[csv,tensorboard]`
+        (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {"overrides": {"task": [
+            "seed=0,1", "loss=focal", "training.lr=range(0.1,0.3,0.1)", "logger=[csv,tensorboard]",
+            "stage2.loss=choice(CrossEntropy,FocalLoss)"]}}}))
+        OmegaConf.set_struct(multi, False)
+        multi.hydra.mode = "MULTIRUN"
+        multi.hydra.sweep.dir = str(tmp_path)
+        multi.hydra.sweeper.params = {"stage2.lr": "interval(0.001, 0.1)"}  # e.g. Optuna's search space
+        HydraConfig.instance().set_config(multi)
+        assert varied_keys() == ["seed", "training.lr", "stage2.loss", "stage2.lr"]
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 # --------------------------------------------------------------------------- a two-stage run
@@ -357,6 +392,7 @@ def test_two_job_multirun_is_one_mlflow_experiment_and_lines_up_in_tensorboard(t
     for r, job in zip(runs, jobs):
         rows, res = csv_rows(job), results_of(job)
         assert r.info.status == "FINISHED" and r.data.tags["imbalance.sweep"] == sweep.name
+        assert r.data.tags["imbalance.varied"] == "seed"
         for row in rows:
             key = f"stage{row['stage']}/val_macc"
             assert (row["global_epoch"], pytest.approx(row["val_macc"], rel=1e-5)) in history(client, r.info.run_id, key)
@@ -373,6 +409,7 @@ def test_two_job_multirun_is_one_mlflow_experiment_and_lines_up_in_tensorboard(t
         ea = mux.GetAccumulator(f"{sweep.name}/mr_{j}/tb")
         ssi, exp_info = hparams_of(ea)
         assert ssi.hparams["sweep"].string_value == sweep.name and ssi.hparams["seed"].number_value == j
+        assert [h.name for h in exp_info.hparam_infos if h.differs] == ["seed"]  # shown first in the HParams tab
         assert {m.name.tag for m in exp_info.metric_infos} == set(expected_final(results_of(job)))
         assert "stage2/val_recall_few" in ea.Tags()["tensors"]
 

@@ -88,11 +88,11 @@ def write_run_files(run_dir: Path) -> Tuple[Path, Path, Path]:
 
 def simulate(logger: Any, run_dir: Path, *, stages=((1, 3), (2, 2)), exp_name: str = "demo",
              resume_after: Any = None, offset: float = 0.0, finish: bool = True, sweep: Any = None,
-             config: Any = None, confusion: bool = True) -> None:
+             config: Any = None, confusion: bool = True, varied: Sequence[str] = ()) -> None:
     """Drive ``logger`` through a run as the training loop would (``confusion=False`` skips the
     confusion-matrix figure, the slowest part)."""
     logger.start(run_dir, config or CONFIG, exp_name=exp_name, resume_global_epoch=resume_after, sweep=sweep,
-                 git_commit="0123abcd")
+                 git_commit="0123abcd", varied=varied)
     for row, recall in make_rows(stages, after=resume_after or 0, offset=offset):
         logger.log_epoch(row, recall)
     if finish:
