@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError
 from .loader import BatchLoader
 from .optim import EpochSchedule, create_optimizer
 from .recipe import LOSS_KEYMAP
-from .runtime import resolve_path
+from .runtime import original_cwd, resolve_path
 from .stage2 import make_stage2_plan
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ def check_names(cfg: DictConfig) -> None:
         from .incremental_methods import INCREMENTAL_METHODS
 
         checks += [(INCREMENTAL_METHODS, cfg.incremental.method), (SELECTORS, cfg.incremental.selection)]
+    from .loggers import LOGGERS
+
+    checks += [(LOGGERS, name) for name in (cfg.get("logger") or {})]
     for registry, name in checks:
         registry.canonical(name)
     recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM with a non-normalised head is refused
@@ -557,3 +560,15 @@ def build_analyzer(cfg: DictConfig, class_counts: Sequence[int]) -> Any:
     e = cfg.experiment
     return ClassificationAnalyzer(list(class_counts), grouping=e.grouping, many_thresh=int(e.many_thresh),
                                   few_thresh=int(e.few_thresh))
+
+
+def build_run_logger(cfg: DictConfig, *, main_process: bool = True) -> Any:
+    """The run's loggers (``logger:``, a multi-select group: its keys are the backends, each with
+    its options; ``logs/metrics.csv`` is written whatever it says). Ranks other than 0 get the
+    no-op logger. A relative MLflow store path is taken from where the user started."""
+    from .loggers import make_loggers, null_logger
+
+    if not main_process:
+        return null_logger()
+    section = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
+    return make_loggers(list(section), section, base_dir=original_cwd())

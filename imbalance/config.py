@@ -308,6 +308,9 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
     incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
+    # The run loggers: a multi-select group (conf/logger/, logger=[csv,tensorboard,mlflow]); each key
+    # names a backend and holds its options (checked by the backend). logs/metrics.csv is always written.
+    logger: Dict[str, Any] = field(default_factory=dict)
 
 
 def with_schema(cfg: Any) -> Any:

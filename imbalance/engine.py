@@ -265,7 +265,13 @@ def evaluate_loader(
     precision: Optional[Precision] = None,
 ) -> Dict[str, float]:
     out = predict(model, loader, precision=precision)
-    logits, labels = out["logits"], out["labels"]
+    return validation_metrics(out["logits"], out["labels"], loss_fn, num_classes)
+
+
+def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, loss_fn: Optional[nn.Module],
+                       num_classes: int) -> Dict[str, float]:
+    """``val_loss`` (``loss_fn`` in eval mode, or plain cross-entropy), ``val_acc`` and ``val_macc``
+    of predicted ``logits``."""
     acc, macc = accuracy_and_macc(logits.argmax(1), labels, num_classes)
     if loss_fn is not None:
         was = loss_fn.training
@@ -306,6 +312,7 @@ def fit(
     best_state: Optional[Dict[str, torch.Tensor]] = None,
     on_batch_end: Optional[Callable[[int, int], None]] = None,
     restore_best: bool = True,
+    on_epoch_end: Optional[Callable[[Dict[str, Any], Dict[str, torch.Tensor]], None]] = None,
 ) -> StageResult:
     """Train ``model`` for up to ``epochs`` epochs (from ``start_epoch``, 0-based) and restore the
     best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end, or keep the last
@@ -320,7 +327,9 @@ def fit(
     RNG states (python, numpy, torch; every rank's under DDP), the sampler/loss epochs
     (``checkpoint_extra``), so that a run resumed from it (``start_epoch`` = its ``epoch``,
     ``best_state`` = the best checkpoint's weights, the states loaded) continues bit-for-bit.
-    ``on_batch_end(epoch, batch)`` (1-based) is called after every training batch.
+    ``on_batch_end(epoch, batch)`` (1-based) is called after every training batch;
+    ``on_epoch_end(row, val)`` after each epoch's metrics row is written, with the row and the
+    validation predictions (``logits``, ``labels``), e.g. for the run's loggers.
     """
     t_stage = time.perf_counter()
     holder = unwrap(save_module if save_module is not None else model)
@@ -367,7 +376,8 @@ def fit(
             tr = {"train_loss": s_loss / max(s_n, 1), "train_acc": s_acc / max(s_n, 1)}
             if isinstance(model, nn.parallel.DistributedDataParallel):
                 D.sync_buffers(holder)
-        va = evaluate_loader(model, val_loader, val_loss_fn or loss_fn, num_classes, precision)
+        val_out = predict(model, val_loader, precision=precision)
+        va = validation_metrics(val_out["logits"], val_out["labels"], val_loss_fn or loss_fn, num_classes)
         if distributed:
             va = D.broadcast_object(va)
         schedule.end_epoch(va[early_stopping.monitor])
@@ -381,6 +391,8 @@ def fit(
         result.epochs_run = epoch + 1
         if metrics is not None:
             metrics.write(row)
+        if on_epoch_end is not None:
+            on_epoch_end(row, val_out)
         rng = rng_state()
         rng_ranks = D.all_gather_object(rng) if distributed else None
         if checkpointer is not None:

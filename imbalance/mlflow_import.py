@@ -4,7 +4,7 @@ For runs made before the MLflow logger was on: each folder's ``results/results.j
 (config -> params, metrics -> final metrics, git commit, exp_name), ``logs/metrics.csv``
 (per-epoch metrics at step = global epoch) and ``results/*.png|*.pdf`` figures,
 ``results/summary.txt`` and results.json as artifacts, exactly as the live
-:class:`imbalance.loggers.MLflowLogger` would have logged them.
+:class:`imbalance.logger_mlflow.MLflowLogger` would have logged them.
 
 Idempotent: a folder whose run is already in the store (tag ``imbalance.run_key``, the sha1 of
 the folder's resolved path, with its final metrics logged, whether imported or logged live) is
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from .errors import ConfigError, DataError
-from .loggers import FINAL_LOGGED_TAG, RUN_KEY_TAG, MLflowLogger, final_metrics, import_mlflow_client, run_key
+from .logger_base import final_metrics
+from .logger_mlflow import FINAL_LOGGED_TAG, RUN_KEY_TAG, MLflowLogger, import_mlflow_client, run_key
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,12 @@ from .config import validate, with_schema
 from .engine import predict
 from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
 from .incremental_run import check_memory_budget, keeps_memory
+from .loggers import epoch_hook, log_run_end
 from .precision import make_precision
-from .results import build_results, format_pct, plain, write_results
+from .results import build_results, format_pct, git_commit, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
-from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_run_dir, seed_everything, select_device
+from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_run_dir, seed_everything, select_device, \
+    sweep_name, varied_keys
 from .stages import RunContext, run_stage1, run_stage2, run_stage3
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,11 @@ def run(cfg: DictConfig, run_dir: Optional[os.PathLike] = None, *, on_batch_end:
     ok = False
     try:
         rdir, cfg, point, notes = prepare_resume(cfg, resolve_run_dir(run_dir), cli_overrides() or [])
+        tracker = B.build_run_logger(cfg, main_process=D.current().is_main)  # TensorBoard / MLflow (rank 0)
         handler = attach_run_log(rdir, main_process=D.current().is_main)
         try:
-            value = _train(cfg, RunFolder(rdir), point, notes, t_start, on_batch_end)
+            with tracker:  # closed as finished, failed (an error) or killed (Ctrl-C); a failing backend never stops us
+                value = _train(cfg, RunFolder(rdir), point, notes, t_start, tracker, on_batch_end)
         except KeyboardInterrupt:
             report_interrupt(rdir)
             raise SystemExit(130) from None
@@ -148,7 +152,7 @@ def _context(cfg: DictConfig, folder: RunFolder, point: Any, on_batch_end: Optio
     return ctx, class_names, {"name": cfg.model.name, **info}
 
 
-def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_start: float,
+def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_start: float, tracker: Any,
            on_batch_end: Optional[BatchHook]) -> float:
     env = D.current()
     folder.root.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,9 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     if keeps_memory(cfg):
         check_memory_budget(cfg, ctx.data.num_classes)  # a budget below one per class fails before training
     analyzer = B.build_analyzer(cfg, ctx.data.class_counts.tolist())
+    tracker.start(folder.root, ctx.config, exp_name=cfg.exp_name, sweep=sweep_name(), git_commit=git_commit(),
+                  resume_global_epoch=None if point is None else int(point.state["global_epoch"]), varied=varied_keys())
+    ctx.on_epoch_end = epoch_hook(tracker, analyzer.groups)  # each metrics.csv row, + val recall per group
     metrics: Dict[str, Any] = {}
     stage_info: Dict[str, Any] = {}
 
@@ -235,6 +242,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     write_results(folder, results, t_start)
     if cfg.visualization.enabled:
         write_figures(folder, cfg.visualization, class_names, results, t_start)
+    log_run_end(tracker, results, results_path=folder.results_json, summary_path=folder.summary_txt,
+                figures_dir=folder.results)
 
     f = metrics["final"]["overall"]
     log.info("final test: OA %s  mAcc %s  many %s  medium %s  few %s  HM %s  (%.0fs)", format_pct(f["oa"]),

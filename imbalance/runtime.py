@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["configure_process", "setup_console_logging", "attach_run_log", "detach_run_log", "seed_everything",
            "parse_gpus", "select_device", "set_threads", "tune_allocator", "resolve_run_dir", "original_cwd",
-           "resolve_path", "cli_overrides"]
+           "resolve_path", "cli_overrides", "sweep_name", "varied_keys"]
 
 PACKAGE_LOGGER = "imbalance"
 _HANDLER_TAG = "_imbalance_handler"
@@ -248,3 +248,51 @@ def cli_overrides() -> Optional[List[str]]:
         return [str(o) for o in HydraConfig.get().overrides.task]
     except Exception:  # pragma: no cover - Hydra internals
         return []
+
+
+def sweep_name() -> Optional[str]:
+    """The folder name of the Hydra multirun this job belongs to (``multirun_<timestamp>``); None
+    for a single run or outside a Hydra application."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    try:
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+    except Exception:  # pragma: no cover - Hydra internals
+        return None
+
+
+def varied_keys() -> List[str]:
+    """The config keys this run's Hydra multirun varies: the swept overrides of the sweep's command
+    (``seed=0,1``, ``training.lr=range(...)``, ``choice(...)``, read from its ``multirun.yaml``) and
+    the sweeper's ``params`` (Optuna's search space); for a single run, the keys set on its
+    command line. ``hydra.*``, ``logger*`` and ``resume`` are left out. Empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.types import RunMode
+        from omegaconf import OmegaConf
+
+        hc = HydraConfig.get()
+        parser = OverridesParser.create()
+        if hc.mode == RunMode.MULTIRUN:
+            spec = Path(str(hc.sweep.dir)) / "multirun.yaml"
+            task = list(OmegaConf.load(spec).hydra.overrides.task) if spec.is_file() else []
+            keys = [o.key_or_group for o in parser.parse_overrides(task) if o.is_sweep_override()]
+            keys += [str(k) for k in (OmegaConf.select(hc.sweeper, "params") or {})]
+        else:
+            keys = [o.key_or_group for o in parser.parse_overrides([str(o) for o in hc.overrides.task])]
+    except Exception:  # pragma: no cover - Hydra internals, a damaged multirun.yaml
+        return []
+    out: List[str] = []
+    for key in keys:
+        if key not in out and not key.startswith(("hydra", "logger")) and key != "resume":
+            out.append(key)
+    return out

@@ -48,6 +48,7 @@ class RunContext:
     global_epoch: int = 0
     resume: Optional[ResumePoint] = None
     on_batch_end: Optional[Callable[[int, int], None]] = None  # (global epoch, batch), 1-based
+    on_epoch_end: Optional[Callable[[Dict[str, Any], Dict[str, torch.Tensor]], None]] = None  # (row, val predictions)
 
     @property
     def is_main(self) -> bool:
@@ -122,7 +123,7 @@ def run_stage(ctx: RunContext, plan: StagePlan, *, trainee: nn.Module, train_loa
               global_epoch_offset=offset, console_log_interval=ctx.console_log_interval,
               progress_bar=ctx.progress if progress is None else progress, save_module=ctx.model,
               skip_nonfinite=plan.skip_nonfinite, start_epoch=start, best_state=best, on_batch_end=hook,
-              val_loss_fn=plain_ce(), restore_best=plan.restore_best)
+              val_loss_fn=plain_ce(), restore_best=plan.restore_best, on_epoch_end=ctx.on_epoch_end)
     ctx.global_epoch += res.epochs_run
     if not plan.restore_best:
         log.info("stage %d: keeping the last epoch's weights (checkpoint_select=last)", plan.stage)

@@ -86,7 +86,7 @@ METRIC_TITLES: dict[str, str] = {
 #: Config keys (and key prefixes) that never distinguish configurations.
 DEFAULT_IGNORED_KEYS: tuple[str, ...] = (
     "seed", "exp_name", "run_dir", "hydra", "visualization", "console_log_interval",
-    "gpus", "device", "data.num_workers", "data.pin_memory",
+    "gpus", "device", "data.num_workers", "data.pin_memory", "logger",
 )
 #: Config keys that label a configuration.
 LABEL_KEYS: tuple[str, ...] = (
@@ -95,7 +95,7 @@ LABEL_KEYS: tuple[str, ...] = (
 )
 _CE_NAMES = frozenset({"crossentropy", "ce", "cross_entropy", "crossentropyloss", "softmax"})
 _NONE_NAMES = frozenset({"none", "null", "", "natural", "instance", "instance_balanced"})
-_SKIP_DIRS = frozenset({"checkpoints", ".hydra", "logs", "results", "__pycache__", ".git"})
+_SKIP_DIRS = frozenset({"checkpoints", ".hydra", "logs", "results", "__pycache__", ".git", "tb", "mlartifacts"})
 
 
 @dataclasses.dataclass
@@ -1021,7 +1021,38 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(DEFAULT_IGNORED_KEYS) + " (repeatable)")
     p.add_argument("--no-figure", action="store_true", help="do not draw methods_comparison.png")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the output folder")
+    p.add_argument("--to-mlflow", nargs="?", const="sqlite:///experiments/mlflow.db", default=None, metavar="URI",
+                   help="instead of the tables, import the finished run folders found (--root, --pattern) into an "
+                   "MLflow store (default sqlite:///experiments/mlflow.db, relative to this folder; or a server "
+                   "URI); a folder already in the store is skipped. Needs `pip install .[tracking]`")
+    p.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                   help="with --to-mlflow: the MLflow experiment of the imported runs (default: a multirun job "
+                   "goes to an experiment named after its sweep folder, any other run to 'imbalance')")
     return p
+
+
+def import_to_mlflow(root: str | os.PathLike, tracking_uri: str, *, pattern: str | None = None,
+                     experiment: str | None = None) -> tuple[dict[str, str | None], list[SkippedRun]]:
+    """Import every finished run folder under ``root`` into an MLflow store
+    (:func:`imbalance.mlflow_import.import_run_folder`); returns ``({folder: new run id or None if
+    it was already in the store}, incomplete folders)``."""
+    from .errors import UserError
+    from .mlflow_import import import_run_folder
+
+    found, skipped = discover_runs(root, pattern)
+    if not found:
+        raise DataError(f"no run folders (with results/results.json) found under {Path(root).resolve()}"
+                        + (f" matching pattern '{pattern}'" if pattern else ""))
+    done: dict[str, str | None] = {}
+    for folder in found:
+        try:
+            done[str(folder)] = import_run_folder(folder, tracking_uri, experiment, base_dir=Path.cwd())
+        except UserError:
+            raise
+        except Exception as exc:  # the store or server failed: one line, what is imported stays
+            raise DataError(f"{folder}: the MLflow import failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                            f"{len(done)} folders before it are imported, and running again continues") from None
+    return done, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1029,6 +1060,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from .errors import UserError
 
+    if args.to_mlflow is not None:
+        return _main_to_mlflow(args)
     try:
         out, st, skipped = summarize(
             args.root, pattern=args.pattern, out=args.out, baseline=args.baseline, sort_by=args.sort_by,
@@ -1053,4 +1086,19 @@ def main(argv: list[str] | None = None) -> int:
     if st.runs_without_val:
         print(f"{len(st.runs_without_val)} runs lack {vm} and were excluded from the selection (see REPORT.md)")
     print(f"report: {out / 'REPORT.md'}")
+    return 0
+
+
+def _main_to_mlflow(args: argparse.Namespace) -> int:
+    from .errors import UserError
+
+    try:
+        done, skipped = import_to_mlflow(args.root, args.to_mlflow, pattern=args.pattern,
+                                         experiment=args.mlflow_experiment)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    new = sum(v is not None for v in done.values())
+    print(f"{new} runs imported into {args.to_mlflow}, {len(done) - new} already there"
+          + (f", {len(skipped)} unfinished folders not imported" if skipped else ""))
     return 0

@@ -13,7 +13,7 @@ from imbalance.config import Config, compose, validate, with_schema
 from imbalance.errors import ConfigError
 
 CONF = ROOT / "conf"
-GROUPS = ["data", "model", "loss", "sampling", "stage2", "stage3", "experiment"]
+GROUPS = ["data", "model", "loss", "sampling", "stage2", "stage3", "experiment", "logger"]
 
 
 def _flat(d, prefix=""):

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from imbalance.errors import ConfigError, UnknownNameError
 from imbalance.loggers import (LOGGERS, CompositeLogger, RunLogger, TensorBoardLogger, epoch_scalars,
                                final_metrics, flatten_config, group_recall, make_loggers, null_logger,
                                render_confusion_matrix_png, resolve_tracking_uri)
-from test_loggers_support import (COLUMNS, CONFIG, FINAL, GROUP_TAGS, RESULTS, make_rows, png_bytes,
-                                  simulate, value)
+from test_loggers_support import (COLUMNS, CONFIG, FINAL, GROUP_TAGS, RESULTS, data_server_series, hparams_of,
+                                  make_rows, png_bytes, read_tb, scalar_series, simulate, value)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,7 +158,7 @@ class DiskFull(Recorder):
 def test_failing_backend_warns_once_and_the_rest_logs(tmp_path, caplog):
     bad, good = DiskFull(), Recorder()
     lg = CompositeLogger([bad, good])
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         simulate(lg, tmp_path, confusion=False)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -191,47 +189,10 @@ tb_reader = pytest.importorskip("tensorboard.backend.event_processing.event_accu
                                 reason="tensorboard is not installed")
 
 
-def read_tb(path: Path):
-    ea = tb_reader.EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    ea.Reload()
-    return ea
-
-
-def hparams_of(ea):
-    from tensorboard.plugins.hparams import metadata
-
-    content = ea.PluginTagToContent("hparams")
-    ssi = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-    exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
-    return ssi, exp
-
-
-def scalar_series(ea, tag):
-    return [(e.step, e.value) for e in ea.Scalars(tag)]
-
-
 def expected_series(tag, stage_epochs, offset_from=None, offset=0.0):
     col = tag.split("/", 1)[1]
     return [(g, pytest.approx(value(col, g, offset if offset_from and g > offset_from else 0.0), rel=1e-6))
             for g in stage_epochs]
-
-
-def data_server_series(tb_dir: Path, tag: str):
-    """A series as TensorBoard's default (Rust) data server shows it: event files in name order,
-    and a record of step s replaces the series' records of steps >= s (reservoir.rs
-    "preemption"); it ignores purge_step."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    out = []
-    for f in sorted(p for p in tb_dir.iterdir() if "tfevents" in p.name):
-        for ev in EventFileLoader(str(f)).Load():
-            for v in ev.summary.value:
-                if v.tag == tag:
-                    val = v.simple_value if v.HasField("simple_value") else float(
-                        np.frombuffer(v.tensor.tensor_content, np.float32)[0]) if v.tensor.tensor_content \
-                        else v.tensor.float_val[0]
-                    out = [(s, x) for s, x in out if s < ev.step] + [(ev.step, val)]
-    return out
 
 
 def test_tensorboard_two_stage_run(tmp_path):
@@ -270,6 +231,26 @@ def test_tensorboard_two_stage_run(tmp_path):
     assert fig[0].encoded_image_string == png_bytes(30, 20)
     cm = ea.Images("confusion_matrix")
     assert len(cm) == 1 and cm[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_tensorboard_hparams_tab_shows_the_varied_keys_and_key_metrics_first(tmp_path):
+    """TensorBoard's HParams tab shows the first 5 hparams after sorting `differs` ones first, and
+    the first 5 metrics: the keys a sweep varies are marked `differs` (a group such as `stage2`
+    names its mode), the final mAcc / many / medium / few / HM lead the metrics."""
+    from imbalance.logger_tensorboard import FIRST_METRICS
+
+    run = tmp_path / "run"
+    simulate(make_loggers(["tensorboard"]), run, varied=["training.lr", "stage2", "no.such.key", "seed"],
+             confusion=False)
+    ssi, exp = hparams_of(read_tb(run / "tb"))
+    names = [h.name for h in exp.hparam_infos]
+    assert names[:3] == ["training.lr", "stage2.mode", "seed"]
+    assert [h.name for h in exp.hparam_infos if h.differs] == names[:3]
+    assert set(names) == set(ssi.hparams)  # nothing lost
+    metrics = [m.name.tag for m in exp.metric_infos]
+    present = [m for m in FIRST_METRICS if m in FINAL]
+    assert present == ["test/final/macc", "test/final/many_acc", "test/final/few_acc", "test/final/hm", "val/macc"]
+    assert metrics[:len(present)] == present and set(metrics) == set(FINAL)
 
 
 def test_tensorboard_resume_has_no_duplicate_steps(tmp_path):
@@ -325,7 +306,7 @@ def test_tensorboard_sweep_runs_line_up(tmp_path):
 def test_missing_mlflow_warns_once_and_tensorboard_still_logs(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
     lg = make_loggers(["tensorboard", "mlflow"], {"mlflow": {"tracking_uri": "sqlite:///m.db"}}, base_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         simulate(lg, tmp_path / "run", confusion=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "pip install mlflow" in warnings[0]
@@ -348,7 +329,7 @@ def test_tensorboard_failure_midway_keeps_training_going(tmp_path, monkeypatch, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tbl.writer, "add_scalar", full)
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         for row, recall in make_rows(((1, 3),)):
             lg.log_epoch(row, recall)
         lg.log_final(FINAL)

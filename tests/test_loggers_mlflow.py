@@ -136,7 +136,7 @@ def test_mlflow_server_down_warns_once(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     lg = make_loggers(["csv", "mlflow"], {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}})
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         simulate(lg, tmp_path / "run", confusion=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "mlflow" in warnings[0]
@@ -160,7 +160,7 @@ def test_mlflow_failure_midway_disables_only_mlflow(store, tmp_path, monkeypatch
         return real(*a, **k)
 
     monkeypatch.setattr(ml.client, "log_batch", flaky)
-    with caplog.at_level(logging.WARNING, logger="imbalance.loggers"):
+    with caplog.at_level(logging.WARNING, logger="imbalance"):
         for row, recall in make_rows(((1, 3),)):
             lg.log_epoch(row, recall)
         lg.log_final(FINAL)

@@ -88,11 +88,11 @@ def write_run_files(run_dir: Path) -> Tuple[Path, Path, Path]:
 
 def simulate(logger: Any, run_dir: Path, *, stages=((1, 3), (2, 2)), exp_name: str = "demo",
              resume_after: Any = None, offset: float = 0.0, finish: bool = True, sweep: Any = None,
-             config: Any = None, confusion: bool = True) -> None:
+             config: Any = None, confusion: bool = True, varied: Sequence[str] = ()) -> None:
     """Drive ``logger`` through a run as the training loop would (``confusion=False`` skips the
     confusion-matrix figure, the slowest part)."""
     logger.start(run_dir, config or CONFIG, exp_name=exp_name, resume_global_epoch=resume_after, sweep=sweep,
-                 git_commit="0123abcd")
+                 git_commit="0123abcd", varied=varied)
     for row, recall in make_rows(stages, after=resume_after or 0, offset=offset):
         logger.log_epoch(row, recall)
     if finish:
@@ -101,3 +101,59 @@ def simulate(logger: Any, run_dir: Path, *, stages=((1, 3), (2, 2)), exp_name: s
                          confusion_matrix=RESULTS["confusion_matrix"] if confusion else None,
                          class_names=RESULTS["class_names"])
         logger.close()
+
+
+def read_tb(path: Path):
+    """TensorBoard's EventAccumulator over ``path``, everything kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+def hparams_of(ea):
+    """(session start info, experiment) of the HParams plugin in an accumulator."""
+    from tensorboard.plugins.hparams import metadata
+
+    content = ea.PluginTagToContent("hparams")
+    ssi = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    return ssi, exp
+
+
+def scalar_series(ea, tag):
+    """[(step, value)] of a scalar tag."""
+    return [(e.step, e.value) for e in ea.Scalars(tag)]
+
+
+def data_server_series(tb_dir: Path, tag: str):
+    """A series as TensorBoard's default (Rust) data server shows it: event files in name order,
+    and a record of step s replaces the series' records of steps >= s (reservoir.rs
+    "preemption"); it ignores purge_step."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out = []
+    for f in sorted(p for p in tb_dir.iterdir() if "tfevents" in p.name):
+        for ev in EventFileLoader(str(f)).Load():
+            for v in ev.summary.value:
+                if v.tag == tag:
+                    val = v.simple_value if v.HasField("simple_value") else float(
+                        np.frombuffer(v.tensor.tensor_content, np.float32)[0]) if v.tensor.tensor_content \
+                        else v.tensor.float_val[0]
+                    out = [(s, x) for s, x in out if s < ev.step] + [(ev.step, val)]
+    return out
+
+
+def raw_scalar_events(tb_dir: Path) -> List[Tuple[str, int]]:
+    """(tag, step) of every scalar record in the event files of ``tb_dir``, as written (no reader's
+    purge or replacement): a step logged twice appears twice."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out = []
+    for f in sorted(p for p in Path(tb_dir).iterdir() if "tfevents" in p.name):
+        for ev in EventFileLoader(str(f)).Load():
+            out += [(v.tag, int(ev.step)) for v in ev.summary.value if v.HasField("simple_value")
+                    or v.metadata.plugin_data.plugin_name == "scalars"]
+    return out
