@@ -590,8 +590,7 @@ def build_analyzer(cfg: DictConfig, class_counts: Sequence[int]) -> Any:
 
 
 def openset_detectors(cfg: DictConfig) -> tuple:
-    """``(detector names or None, params, threshold)`` of ``openset:``, checked (names, their
-    parameters, the threshold) before any data is read."""
+    """``(detector names or None, params, threshold)`` of ``openset:``, checked before any data is read."""
     from .openset import build_detectors
     from .openset_metrics import parse_threshold
 
@@ -603,23 +602,19 @@ def openset_detectors(cfg: DictConfig) -> tuple:
 
 
 def build_openset(cfg: DictConfig, data: DataBundle, device: torch.device) -> Any:
-    """The open-set step (:class:`imbalance.openset_run.OpenSetPlan`): detectors and threshold of
-    ``openset:``, groups of ``experiment:``, figure settings of ``visualization:``, and evaluation
-    loaders (data order, no augmentation, not sharded: the main process scores everything) over
-    the training, known validation, known test and unknown test sets."""
+    """The open-set step's :class:`imbalance.openset_run.OpenSetPlan`: ``openset:`` detectors and
+    threshold, ``experiment:`` groups, ``visualization:`` figure settings, and evaluation loaders
+    (data order, not sharded: the main process scores everything) of the training, known
+    validation, known test and unknown test sets."""
     from .openset_run import OpenSetPlan
 
     names, params, threshold = openset_detectors(cfg)
-    bs, pin = cfg_eval_batch(cfg), bool(cfg.data.pin_memory)
-    loaders = {k: make_batch_loader(ds, bs, device, shard=False, pin_memory=pin)
+    loaders = {k: make_batch_loader(ds, cfg_eval_batch(cfg), device, shard=False, pin_memory=bool(cfg.data.pin_memory))
                for k, ds in (("train", data.train), ("val", data.val), ("test", data.test),
                              ("unknown", data.test_unknown))}
     v, e = cfg.visualization, cfg.experiment
-    figures = None
-    if v.enabled:
-        figures = {"dpi": int(v.dpi), "panel_mm": float(v.panel_mm), "panel_scale": float(v.panel_scale),
-                   "tsne_perplexity": float(v.tsne_perplexity), "tsne_n_iter": int(v.tsne_n_iter),
-                   "tsne": bool(v.plot_tsne_2d)}
+    figures = dict(dpi=int(v.dpi), panel_mm=float(v.panel_mm), panel_scale=float(v.panel_scale), tsne=bool(
+        v.plot_tsne_2d), tsne_perplexity=float(v.tsne_perplexity), tsne_n_iter=int(v.tsne_n_iter)) if v.enabled else None
     return OpenSetPlan(loaders=loaders, detectors=names, params=params, threshold=threshold,
                        many_thresh=float(e.many_thresh), few_thresh=float(e.few_thresh), grouping=e.grouping,
                        max_feature_samples=int(v.max_samples), seed=int(cfg.seed), figures=figures,

@@ -16,8 +16,8 @@ known validation, results, saved detectors and figures.
 
 Saved in the run folder: ``checkpoints/openset.pt`` (every fitted detector and its threshold, so
 ``python -m imbalance.predict --detector NAME`` can answer ``unknown``) and
-``results/openset_scores.npz`` (test scores, labels, predictions and a feature subset, which the
-figures of :mod:`imbalance.openset_figures` are drawn from).
+``results/openset_scores.npz`` (test scores, labels, predictions, where each unknown came from and
+its original label, a feature subset: what the figures of :mod:`imbalance.openset_figures` need).
 """
 from __future__ import annotations
 
@@ -144,10 +144,15 @@ def run_openset(model: nn.Module, plan: OpenSetPlan, *, class_counts: Sequence[i
                           scores={n: ev["scores"][n] for n in order}, y_true=y_test, figures=plan.figures)
 
 
-def _sources(unknown_ds: Any, n_known: int) -> np.ndarray:
+def _sources(unknown_ds: Any, n_known: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per test sample: where it comes from (``known`` or the unknown source) and its original
+    label value as text (empty for known samples and unlabelled unknowns)."""
     src = getattr(unknown_ds, "sources", None)
-    tail = np.asarray(src, dtype=str) if src is not None else np.full(0, "unknown")
-    return np.concatenate([np.full(n_known, "known"), tail])
+    lab = getattr(unknown_ds, "source_labels", None)
+    n = len(unknown_ds) if unknown_ds is not None else 0
+    tail = np.asarray(src, dtype=str) if src is not None else np.full(n, "unknown")
+    labs = np.asarray(["" if v is None else str(v) for v in lab] if lab is not None else [""] * n, dtype=str)
+    return np.concatenate([np.full(n_known, "known"), tail]), np.concatenate([np.full(n_known, ""), labs])
 
 
 def _log_table(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> None:
@@ -166,7 +171,7 @@ def _log_table(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> N
 
 def _save(folder: RunFolder, dets: Mapping[str, Any], ev: Mapping[str, Any], order: Sequence[str],
           y_test: np.ndarray, plan: OpenSetPlan, class_counts: Sequence[int], features: torch.Tensor,
-          sources: np.ndarray) -> None:
+          sources: Tuple[np.ndarray, np.ndarray]) -> None:
     root = Path(folder.root)
     ckpt = root / OPENSET_CHECKPOINT
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +191,7 @@ def _save(folder: RunFolder, dets: Mapping[str, Any], ev: Mapping[str, Any], ord
         y_pred=np.stack([np.asarray(ev["predictions"][n], np.int64) for n in order], axis=1),
         thresholds=np.asarray([ev["thresholds"][n] for n in order], np.float64),
         class_counts=np.asarray(class_counts, np.int64), features=features.numpy()[keep].astype(np.float32),
-        feature_labels=y_test[keep], source=sources if len(sources) == len(y_test) else np.full(len(y_test), ""),
+        feature_labels=y_test[keep], source=sources[0], source_label=sources[1],
         grouping=np.asarray(plan.grouping), many_thresh=float(plan.many_thresh), few_thresh=float(plan.few_thresh))
     tmp.replace(npz)
 

@@ -159,6 +159,8 @@ def test_results_hold_every_detector_and_agree_with_the_saved_scores(open_run):
     assert info["chosen"]["odin"]["epsilon"] in (0.0, 0.002)
     z = np.load(open_run / "results" / "openset_scores.npz")
     assert z["scores"].shape == (230, 6) and (z["y_true"][200:] == -1).all()
+    assert z["source_label"][200:].tolist() == ["10"] * 15 + ["11"] * 15       # the extra transmitters
+    assert set(z["source"][200:]) == {"builtin_transmitters"} and set(z["source"][:200]) == {"known"}
     for i, det in enumerate(z["detectors"]):
         again = openset_report(z["scores"][:, i], z["y_true"], z["y_pred"][:, i], threshold=float(z["thresholds"][i]),
                                class_counts=res["class_counts"], grouping=str(z["grouping"]))
