@@ -62,6 +62,8 @@ def check_names(cfg: DictConfig) -> None:
     if cfg.stage2.enabled:
         stage2_head(cfg)
     model_options_from(cfg)
+    if cfg.openset.enabled:
+        openset_detectors(cfg)
 
 
 def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
@@ -105,6 +107,8 @@ class DataBundle:
     length: int
     files: Dict[str, str] = field(default_factory=dict)
     train_pool: Any = None  # the training data before the long-tailed subset (for reference)
+    test_unknown: Any = None  # open set: the unknown test samples (labels -1); test holds the known ones
+    openset: Optional[Dict[str, Any]] = None  # open set: held-out classes, sources, sample counts
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +127,8 @@ def build_data(cfg: DictConfig) -> DataBundle:
 
         s = dcfg.synthetic
         extra = {} if s.difficulty is None else {"difficulty": float(s.difficulty)}
+        if cfg.openset.enabled and int(s.num_unknown) > 0:
+            extra.update(num_unknown=int(s.num_unknown), unknown_per_class=s.unknown_per_class)
         sets = builtin_dataset(
             num_classes=int(s.num_classes), train_per_class=int(s.train_per_class), val_per_class=0,
             test_per_class=int(s.test_per_class), length=int(s.length), sample_rate=float(s.sample_rate),
@@ -168,10 +174,46 @@ def build_data(cfg: DictConfig) -> DataBundle:
         train, val, test = (ds.subset(np.flatnonzero(ds.labels < len(classes))) for ds in (train, val, test))
         log.info("data: base session of data.synthetic.sessions=%s: classes %s", list(dcfg.synthetic.sessions), classes)
     counts = np.bincount(np.asarray(train.labels), minlength=len(classes)).astype(np.int64)
-    log.info("data: train %d (class counts %s), val %d, test %d", len(train), counts.tolist(), len(val), len(test))
-    return DataBundle(train=train, val=val, test=test, classes=classes, class_counts=counts,
-                      num_channels=int(full.num_channels), length=int(full.length),
-                      files={k: v for k, v in paths.items() if v}, train_pool=pool)
+    bundle = DataBundle(train=train, val=val, test=test, classes=classes, class_counts=counts,
+                        num_channels=int(full.num_channels), length=int(full.length),
+                        files={k: v for k, v in paths.items() if v}, train_pool=pool)
+    if cfg.openset.enabled:
+        builtin = sets["test_unknown"] if paths["path_train"] is None else None
+        bundle = open_set_data(cfg, bundle, builtin_unknown=builtin, common=common)
+    log.info("data: train %d (class counts %s), val %d, test %d%s", len(bundle.train), bundle.class_counts.tolist(),
+             len(bundle.val), len(bundle.test),
+             f" + {len(bundle.test_unknown)} unknown" if bundle.test_unknown is not None else "")
+    return bundle
+
+
+def open_set_data(cfg: DictConfig, bundle: DataBundle, *, builtin_unknown: Any, common: Dict[str, Any]) -> DataBundle:
+    """``openset:``: classes held out of training and validation (a list or a protocol on the
+    training counts), the built-in extra transmitters and ``data.path_unknown``, as the known
+    splits plus one unknown test set (:func:`imbalance.openset_data.split_open_set`)."""
+    from .data import ArraySignalDataset
+    from .openset_data import read_unknown_file, split_open_set
+
+    o, e = cfg.openset, cfg.experiment
+    extra = []
+    if builtin_unknown is not None:
+        ds = ArraySignalDataset(*builtin_unknown, **common)
+        extra.append(("builtin_transmitters", ds, [ds.classes[i] for i in ds.labels]))
+    path = resolve_path(cfg.data.path_unknown)
+    if path is not None:
+        ds, labels = read_unknown_file(path, num_channels=bundle.num_channels, length=bundle.length,
+                                       target_length=cfg.data.target_length, normalize=bool(cfg.data.normalize),
+                                       data_key=cfg.data.data_key, label_key=cfg.data.label_key)
+        extra.append(("path_unknown", ds, None if labels is None else list(labels)))
+        bundle.files["path_unknown"] = path
+    unknown = OmegaConf.to_container(o.unknown_classes, resolve=True) if o.unknown_classes is not None else None
+    split = split_open_set(train=bundle.train, val=bundle.val, test=bundle.test, classes=bundle.classes,
+                           class_counts=bundle.class_counts, unknown_classes=unknown, protocol=o.protocol,
+                           num_unknown=o.num_unknown, seed=int(o.seed), extra_unknown=extra,
+                           many_thresh=float(e.many_thresh), few_thresh=float(e.few_thresh), grouping=e.grouping)
+    bundle.train, bundle.val, bundle.test, bundle.test_unknown = split.train, split.val, split.test, split.test_unknown
+    bundle.classes, bundle.class_counts, bundle.openset = split.classes, split.class_counts, split.info
+    bundle.train_pool = None  # it holds the held-out classes: nothing may read it
+    return bundle
 
 def build_augmentation(cfg: DictConfig) -> Any:
     from .data import build_augmentation as build
@@ -572,3 +614,33 @@ def build_run_logger(cfg: DictConfig, *, main_process: bool = True) -> Any:
         return null_logger()
     section = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
     return make_loggers(list(section), section, base_dir=original_cwd())
+def openset_detectors(cfg: DictConfig) -> tuple:
+    """``(detector names or None, params, threshold)`` of ``openset:``, checked before any data is read."""
+    from .openset import build_detectors
+    from .openset_metrics import parse_threshold
+
+    o = cfg.openset
+    names = OmegaConf.to_container(o.detectors, resolve=True) if o.detectors is not None else None
+    params = OmegaConf.to_container(o.params, resolve=True) or {}
+    build_detectors(names, params)
+    return names, params, parse_threshold(o.threshold)
+
+
+def build_openset(cfg: DictConfig, data: DataBundle, device: torch.device) -> Any:
+    """The open-set step's :class:`imbalance.openset_run.OpenSetPlan`: ``openset:`` detectors and
+    threshold, ``experiment:`` groups, ``visualization:`` figure settings, and evaluation loaders
+    (data order, not sharded: the main process scores everything) of the training, known
+    validation, known test and unknown test sets."""
+    from .openset_run import OpenSetPlan
+
+    names, params, threshold = openset_detectors(cfg)
+    loaders = {k: make_batch_loader(ds, cfg_eval_batch(cfg), device, shard=False, pin_memory=bool(cfg.data.pin_memory))
+               for k, ds in (("train", data.train), ("val", data.val), ("test", data.test),
+                             ("unknown", data.test_unknown))}
+    v, e = cfg.visualization, cfg.experiment
+    figures = dict(dpi=int(v.dpi), panel_mm=float(v.panel_mm), panel_scale=float(v.panel_scale), tsne=bool(
+        v.plot_tsne_2d), tsne_perplexity=float(v.tsne_perplexity), tsne_n_iter=int(v.tsne_n_iter)) if v.enabled else None
+    return OpenSetPlan(loaders=loaders, detectors=names, params=params, threshold=threshold,
+                       many_thresh=float(e.many_thresh), few_thresh=float(e.few_thresh), grouping=e.grouping,
+                       max_feature_samples=int(v.max_samples), seed=int(cfg.seed), figures=figures,
+                       data_info=dict(data.openset or {}))

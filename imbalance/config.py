@@ -37,6 +37,8 @@ class SyntheticConfig:
     difficulty: Optional[float] = None  # None: the generator's tuned default
     seed: int = 0  # the data set (fixed: one benchmark whatever the run's seed); emitters shared by all splits
     sessions: Optional[List[int]] = None  # class-incremental sessions, e.g. [6, 2, 2]: mode=train learns the first
+    num_unknown: int = 0  # open set: extra transmitters, never in training or validation, as the test's unknowns
+    unknown_per_class: Optional[int] = None  # test bursts per unknown transmitter; null: test_per_class
 
 
 @dataclass
@@ -73,6 +75,7 @@ class DataConfig:
     label_key: Optional[str] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    path_unknown: Optional[str] = None  # open set: a file whose samples are all unknown (added to the test)
 
 
 @dataclass
@@ -278,6 +281,18 @@ class IncrementalConfig:
     wa_scale_bias: bool = False  # wa: scale the new classes' bias by gamma too
     allow_seen_classes: bool = False  # a session's data may hold classes the parent learned
     save_memory: Optional[bool] = None  # keep an exemplar memory in the run folder; null: with data.synthetic.sessions
+class OpenSetConfig:
+    """Open-set recognition (imbalance.openset_run): unknown classes never reach training or
+    validation; detectors score the final model's test samples; thresholds on known validation."""
+
+    enabled: bool = False
+    unknown_classes: Optional[List[Any]] = None  # label values held out as unknown (or a protocol)
+    protocol: Optional[str] = None  # random / head_unknown / tail_unknown / stratified (by training counts)
+    num_unknown: Optional[int] = None  # classes the protocol holds out
+    seed: int = 0  # random / stratified draws
+    detectors: Optional[List[str]] = None  # null: msp, maxlogit, energy, mahalanobis, knn, openmax (odin on request)
+    params: Dict[str, Any] = field(default_factory=dict)  # per detector, e.g. {knn: {k: 10}, energy: {temperature: 2}}
+    threshold: Any = "tpr95"  # tprNN (NN% of known validation accepted) or a number
 
 
 @dataclass
@@ -311,6 +326,7 @@ class Config:
     # The run loggers: a multi-select group (conf/logger/, logger=[csv,tensorboard,mlflow]); each key
     # names a backend and holds its options (checked by the backend). logs/metrics.csv is always written.
     logger: Dict[str, Any] = field(default_factory=dict)
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
 
 
 def with_schema(cfg: Any) -> Any:
@@ -387,6 +403,7 @@ _CHOICES = {
     "incremental.lwf_ce": ("new", "all"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
+    "openset.protocol": (None, "random", "head_unknown", "tail_unknown", "stratified"),
 }
 
 
@@ -486,6 +503,11 @@ def validate(cfg: Any) -> None:
     parse_tau(cfg.stage3.logit_tau, "stage3.logit_tau", 3.0)
     parse_temperature(cfg.stage3.temperature)
     parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0)
+    for key, minimum in (("data.synthetic.num_unknown", 0), ("data.synthetic.unknown_per_class", 1),
+                         ("openset.num_unknown", 1)):
+        value = _get(cfg, key)
+        if value is not None and int(value) < minimum:
+            raise ConfigError(f"{key}={value} is out of range; it must be an integer >= {minimum}")
     if cfg.mode == "eval" and not cfg.resume:
         raise ConfigError("mode=eval needs resume=<run folder or checkpoint> naming the trained model")
     if cfg.mode == "incremental" and not cfg.resume:

@@ -250,6 +250,7 @@ def save_openset_figures(
     y_pred: Union[Any, Mapping[str, Any]],
     class_counts: Sequence[int],
     features: Any = None,
+    feature_labels: Any = None,
     thresholds: Optional[Mapping[str, float]] = None,
     many_thresh: float = 100,
     few_thresh: float = 20,
@@ -261,7 +262,8 @@ def save_openset_figures(
     tsne_perplexity: float = 30.0,
     tsne_n_iter: int = 1000,
 ) -> List[Path]:
-    """Write every open-set figure to ``out_dir`` (PNG + PDF); the t-SNE only with ``features``.
+    """Write every open-set figure to ``out_dir`` (PNG + PDF); the t-SNE only with ``features``
+    (of the samples labelled ``feature_labels``, e.g. a stratified subset, default ``y_true``).
     A figure that fails is logged and the others are still written.  Returns the files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +276,8 @@ def save_openset_figures(
         "openset_oscr": lambda: fig_oscr_curves(scores, y_true, y_pred, **size),
     }
     if features is not None:
-        jobs["openset_tsne"] = lambda: fig_tsne_unknown(features, y_true, class_counts, max_samples=max_samples,
+        flab = y_true if feature_labels is None else feature_labels
+        jobs["openset_tsne"] = lambda: fig_tsne_unknown(features, flab, class_counts, max_samples=max_samples,
                                                         perplexity=tsne_perplexity, n_iter=tsne_n_iter,
                                                         **grp, **size)
     written: List[Path] = []

@@ -62,6 +62,7 @@ __all__ = [
     "oscr_curve",
     "roc_points",
     "threshold_at_tpr",
+    "parse_threshold",
     "choose_threshold",
     "open_set_predict",
     "open_macro_f1",
@@ -187,28 +188,37 @@ def threshold_at_tpr(known_val_scores: Any, tpr: float = 0.95) -> float:
 _TPR_SPEC = re.compile(r"^tpr(\d+(?:\.\d+)?)$")
 
 
-def choose_threshold(spec: Union[str, float, int], known_val_scores: Any = None) -> float:
-    """``openset.threshold``: ``"tpr95"`` (or ``"tprNN"``: NN% of the known validation samples
-    accepted, :func:`threshold_at_tpr`) or a number (used as it is)."""
+def parse_threshold(spec: Union[str, float, int]) -> Union[str, float]:
+    """``openset.threshold`` checked without data: ``"tprNN"`` (returned as ``"tprNN"``, NN in
+    (0, 100]) or a finite number (returned as a float); anything else is a ConfigError."""
     if isinstance(spec, bool):
         raise ConfigError(f"openset.threshold={spec!r} is not valid; give tpr95 (or tprNN) or a number")
     if isinstance(spec, (int, float, np.number)):
         if not math.isfinite(float(spec)):
             raise ConfigError(f"openset.threshold={spec!r} is not valid; give a finite number or tpr95")
         return float(spec)
-    m = _TPR_SPEC.match(str(spec).strip().lower())
+    text = str(spec).strip().lower()
+    m = _TPR_SPEC.match(text)
     if m is None:
         try:
-            return choose_threshold(float(str(spec)))
+            return parse_threshold(float(text))
         except ValueError:
             raise ConfigError(f"openset.threshold={spec!r} is not valid; give tpr95 (or tprNN with NN "
                               f"in (0, 100]) or a number") from None
-    pct = float(m.group(1))
-    if not 0.0 < pct <= 100.0:
+    if not 0.0 < float(m.group(1)) <= 100.0:
         raise ConfigError(f"openset.threshold={spec!r} is not valid; NN of tprNN must be in (0, 100]")
+    return text
+
+
+def choose_threshold(spec: Union[str, float, int], known_val_scores: Any = None) -> float:
+    """``openset.threshold``: ``"tpr95"`` (or ``"tprNN"``: NN% of the known validation samples
+    accepted, :func:`threshold_at_tpr`) or a number (used as it is)."""
+    parsed = parse_threshold(spec)
+    if isinstance(parsed, float):
+        return parsed
     if known_val_scores is None:
         raise ConfigError(f"openset.threshold={spec} needs known validation scores (no validation split?)")
-    return threshold_at_tpr(known_val_scores, pct / 100.0)
+    return threshold_at_tpr(known_val_scores, float(_TPR_SPEC.match(parsed).group(1)) / 100.0)
 
 
 # ----------------------------------------------------------------------------- classification

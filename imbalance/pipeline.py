@@ -223,6 +223,15 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
                      max_samples=int(cfg.visualization.max_samples), seed=int(cfg.seed))
     write_tables(folder, final, class_names)
     timings["evaluation"] = time.perf_counter() - t0
+    openset = None
+    if data.test_unknown is not None:  # open set: unknowns reach the model only here (imbalance.openset_run)
+        from .openset_run import run_openset
+
+        t0 = time.perf_counter()
+        openset = run_openset(ctx.net, B.build_openset(cfg, data, ctx.device), class_counts=data.class_counts,
+                              precision=ctx.precision, folder=folder)
+        metrics["final"]["openset"] = openset.metrics
+        timings["openset"] = time.perf_counter() - t0
 
     # ---- results and figures
     extra: Dict[str, Any] = {"val_metrics": {"acc": val_acc, "macc": val_macc}, "stages": stage_info}
@@ -234,6 +243,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         from .incremental_run import base_session
 
         extra["incremental"] = base_session(cfg, folder, ctx.net, data, final, device=ctx.device)
+    if openset is not None:
+        extra["openset"] = openset.info
     results = build_results(
         exp_name=cfg.exp_name, run_dir=folder.root, config=ctx.config, class_counts=data.class_counts,
         classes=data.classes, class_names=class_names, metrics=metrics, final=final, calibration=calib,
@@ -241,6 +252,10 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         data_files=data.files.values(), timings=timings, **extra)
     write_results(folder, results, t_start)
     if cfg.visualization.enabled:
+        if openset is not None:
+            from .openset_run import write_openset_figures
+
+            write_openset_figures(folder.root, openset.figures)
         write_figures(folder, cfg.visualization, class_names, results, t_start)
     log_run_end(tracker, results, results_path=folder.results_json, summary_path=folder.summary_txt,
                 figures_dir=folder.results)

@@ -14,7 +14,11 @@ or zero-pad at the end, as ``data.target_length`` does); another channel count i
 The CSV has one row per signal: ``index, predicted`` (the original label value), ``probability``
 (its softmax probability), ``top1_class, top1_prob, ... topk_class, topk_prob``, plus
 ``predicted_name`` when the run has ``visualization.class_names`` and ``label`` when the file
-has labels. Inference is batched under ``torch.inference_mode`` (no autograd); ``--precision
+has labels. With ``--detector NAME`` (a run trained with ``openset.enabled=true``) the run's fitted
+open-set detector scores every signal: ``predicted`` is ``unknown`` where the score is below the
+run's threshold for it (chosen on known validation data; ``--threshold`` overrides it), and the
+columns ``closed_predicted`` (the class the detector pairs with its score) and ``openset_score``
+(higher = more likely a known class) are added. Inference is batched under ``torch.inference_mode`` (no autograd); ``--precision
 auto`` uses bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX) and fp16 on CUDA, else fp32.
 """
 from __future__ import annotations
@@ -100,6 +104,16 @@ class Predictions:
     classes: List[Any]          # original label values
     class_names: Optional[List[str]] = None
     labels: Optional[np.ndarray] = None   # the file's raw label values, if it had labels
+    open_scores: Optional[np.ndarray] = None  # open-set detector score per signal (higher = known)
+    open_pred: Optional[np.ndarray] = None    # the class index the detector pairs with its score
+    open_threshold: Optional[float] = None    # score < threshold: unknown
+    detector: Optional[str] = None
+
+    @property
+    def is_unknown(self) -> Optional[np.ndarray]:
+        if self.open_scores is None:
+            return None
+        return self.open_scores < float(self.open_threshold)
 
     @property
     def pred_index(self) -> np.ndarray:
@@ -125,8 +139,10 @@ def auto_batch_size(device: torch.device, length: int) -> int:
 
 def predict_file(run_or_checkpoint: str, input_path: str, *, batch_size: Optional[int] = None, device: str = "cpu",
                  allow_resize: bool = False, data_key: Optional[str] = None, label_key: Optional[str] = None,
-                 precision: str = "auto") -> Predictions:
-    """Load a run's final model and predict every signal of ``input_path`` (labels optional)."""
+                 precision: str = "auto", detector: Optional[str] = None,
+                 threshold: Optional[float] = None) -> Predictions:
+    """Load a run's final model and predict every signal of ``input_path`` (labels optional);
+    with ``detector``, also its open-set scores and the unknown decision (module docstring)."""
     from .evaluate import load_trained_model
 
     dev = torch.device(device)
@@ -148,7 +164,22 @@ def predict_file(run_or_checkpoint: str, input_path: str, *, batch_size: Optiona
              {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype])
     names = info.config.visualization.class_names
     names = [str(n) for n in names] if names is not None and len(names) == info.num_classes else None
-    return Predictions(prob=prob, classes=list(info.classes), class_names=names, labels=labels)
+    preds = Predictions(prob=prob, classes=list(info.classes), class_names=names, labels=labels)
+    if detector is not None:
+        from .openset_run import load_openset_state, score_signals
+
+        state = load_openset_state(info.source_run) if info.source_run is not None else None
+        if state is None:
+            raise UserError(f"--detector {detector}: {run_or_checkpoint} has no fitted open-set detectors "
+                            f"(checkpoints/openset.pt; train with openset.enabled=true)")
+        preds.open_scores, preds.open_pred = score_signals(model, x, state, detector, batch_size=batch_size,
+                                                           device=dev, dtype=dtype)
+        preds.detector = detector
+        preds.open_threshold = float(state["thresholds"][detector] if threshold is None else threshold)
+        log.info("open set: %s, threshold %.6g (%s): %d of %d signals unknown", detector, preds.open_threshold,
+                 "given" if threshold is not None else f"the run's {state.get('threshold')}",
+                 int(preds.is_unknown.sum()), len(prob))
+    return preds
 
 
 def write_predictions_csv(path: str, preds: Predictions, top_k: int = 3) -> int:
@@ -161,6 +192,9 @@ def write_predictions_csv(path: str, preds: Predictions, top_k: int = 3) -> int:
         header.append("predicted_name")
     if preds.labels is not None:
         header.append("label")
+    unknown = preds.is_unknown
+    if unknown is not None:
+        header += ["closed_predicted", "openset_score"]
     for j in range(1, k + 1):
         header += [f"top{j}_class", f"top{j}_prob"]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -169,11 +203,15 @@ def write_predictions_csv(path: str, preds: Predictions, top_k: int = 3) -> int:
         w = csv.writer(fh)
         w.writerow(header)
         for i in range(len(p)):
-            row: List[Any] = [i, cls[idx[i, 0]], f"{p[i, 0]:.6g}"]
+            top = idx[i, 0] if unknown is None else int(preds.open_pred[i])
+            shown = "unknown" if unknown is not None and unknown[i] else cls[top]
+            row: List[Any] = [i, shown, f"{preds.prob[i, top]:.6g}"]
             if preds.class_names is not None:
-                row.append(preds.class_names[idx[i, 0]])
+                row.append("unknown" if shown == "unknown" else preds.class_names[top])
             if preds.labels is not None:
                 row.append(_plain(preds.labels[i]))
+            if unknown is not None:
+                row += [cls[top], f"{preds.open_scores[i]:.6g}"]
             for j in range(k):
                 row += [cls[idx[i, j]], f"{p[i, j]:.6g}"]
             w.writerow(row)
@@ -205,6 +243,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="crop/pad signals of another length to the trained length (else an error)")
     parser.add_argument("--data-key", default=None, help="name of the signal array in the file")
     parser.add_argument("--label-key", default=None, help="name of the label array, if any (optional)")
+    parser.add_argument("--detector", default=None,
+                        help="open-set detector fitted by the run (openset.enabled=true): rows below its threshold "
+                             "are predicted 'unknown'")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="with --detector: score threshold (default: the run's, chosen on known validation)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -213,12 +256,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.top_k < 1:
             raise ConfigError(f"--top-k={args.top_k} is not valid; give an integer >= 1")
+        if args.threshold is not None and args.detector is None:
+            raise ConfigError("--threshold needs --detector (the open-set detector whose score it thresholds)")
         device = args.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         preds = predict_file(args.run, args.input, batch_size=args.batch_size, device=device,
                              allow_resize=args.allow_resize, data_key=args.data_key, label_key=args.label_key,
-                             precision=args.precision)
+                             precision=args.precision, detector=args.detector, threshold=args.threshold)
         n = write_predictions_csv(args.out, preds, top_k=args.top_k)
     except UserError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

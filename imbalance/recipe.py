@@ -199,6 +199,23 @@ _SCHEDULER_KEYS = {"step_size": ("step",), "gamma": ("step",), "plateau_patience
                    "restart_mult": ("cosine_warmup_restarts",)}
 
 
+_OPENSET_DATA_KEYS = ("data.path_unknown", "data.synthetic.num_unknown", "data.synthetic.unknown_per_class")
+
+
+def _openset_unused(cfg: Any, key: str) -> Optional[str]:
+    """Why an ``openset.*`` key (or an open-set data key) is not read, or None."""
+    o = cfg.openset
+    if not o.enabled:
+        return "openset.enabled is false"
+    if key == "openset.seed" and o.protocol not in ("random", "stratified"):
+        return f"openset.protocol={o.protocol} draws nothing at random"
+    if key == "openset.num_unknown" and o.unknown_classes:
+        return "openset.unknown_classes names the held-out classes"
+    if key == "data.synthetic.unknown_per_class" and int(cfg.data.synthetic.num_unknown) == 0:
+        return "data.synthetic.num_unknown is 0"
+    return None
+
+
 def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
     """``(key, why)`` for every user-set key that the configured methods do not read."""
     from .samplers import SAMPLERS
@@ -255,6 +272,8 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
             why = "early_stopping.enabled is false"
         elif sect == "incremental" and leaf:
             why = _incremental_unused(cfg, leaf)
+        elif key not in ("openset.enabled", "openset") and (sect == "openset" or key in _OPENSET_DATA_KEYS):
+            why = _openset_unused(cfg, key)
         if why:
             out.append((key, why))
     return out

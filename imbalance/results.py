@@ -172,6 +172,19 @@ def summary_text(results: Dict[str, Any]) -> str:
         else:
             cells = [_pct(v) for v in vals]
         lines.append(label.ljust(18) + "".join(c.rjust(9) for c in cells))
+    openset = (results.get("metrics", {}).get("final") or {}).get("openset")
+    if openset:
+        info = results.get("openset") or {}
+        lines += ["", f"Open set ({info.get('n_test_known', '?')} known + {info.get('n_test_unknown', '?')} unknown test "
+                  f"samples; thresholds {info.get('threshold', '?')} on known validation; closed-set metrics above "
+                  "are on the known test samples only)",
+                  "Detector (%)".ljust(14) + "".join(h.rjust(9) for h in ("AUROC", "FPR95", "OSCR", "open F1", "many",
+                                                                             "medium", "few"))]
+        for det, rep in openset.items():
+            o, g = rep["overall"], rep["group_wise"]
+            vals = [o.get("auroc"), o.get("fpr95"), o.get("oscr"), o.get("open_macro_f1")] + [
+                (g.get(k) or {}).get("auroc") for k in ("many", "medium", "few")]
+            lines.append(det.ljust(14) + "".join(_pct(v).rjust(9) for v in vals))
     cal = results.get("calibration", {})
     if cal:
         lines.append("")

@@ -83,6 +83,18 @@ METRIC_TITLES: dict[str, str] = {
     "gmean": "G-Mean", "many_acc": "Many", "medium_acc": "Medium", "few_acc": "Few",
     "hm": "HM", "nll": "NLL", "ece": "ECE",
 }
+#: Open-set metrics read from ``metrics.final.openset.<detector>`` (``overall`` and the group
+#: AUROCs of ``group_wise``), as run columns ``openset.<detector>.<metric>``.
+OPENSET_METRICS: tuple[str, ...] = ("auroc", "aupr_in", "aupr_out", "fpr95", "oscr", "open_macro_f1", "closed_macc",
+                                    "many_auroc", "medium_auroc", "few_auroc")
+OPENSET_TITLES: dict[str, str] = {
+    "auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR95", "oscr": "OSCR",
+    "open_macro_f1": "Open F1", "closed_macc": "Closed mAcc", "many_auroc": "AUROC many",
+    "medium_auroc": "AUROC medium", "few_auroc": "AUROC few",
+}
+#: Open-set metrics in the report's table per detector (FPR95: lower is better).
+OPENSET_KEY_METRICS: tuple[str, ...] = ("auroc", "fpr95", "oscr", "open_macro_f1", "many_auroc", "medium_auroc",
+                                        "few_auroc")
 #: Config keys (and key prefixes) that never distinguish configurations.
 DEFAULT_IGNORED_KEYS: tuple[str, ...] = (
     "seed", "exp_name", "run_dir", "hydra", "visualization", "console_log_interval",
@@ -292,6 +304,7 @@ def load_run(folder: str | os.PathLike, root: str | os.PathLike | None = None) -
         if isinstance(st, dict) and isinstance(st.get("overall"), dict):
             for m in METRICS:
                 extra[f"{stage}_{m}"] = _as_float(st["overall"].get(m))
+    extra.update(_openset_columns(final.get("openset")))
     vm = data.get("val_metrics")  # what main.py returns to sweepers (validation split)
     if isinstance(vm, dict):
         for k in ("macc", "acc"):
@@ -369,6 +382,31 @@ def incremental_table(runs_df: Any) -> Any:
             row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), v.std()
         rows.append(row)
     return pd.DataFrame(rows, columns=cols).sort_values(["session", "method"], kind="stable").reset_index(drop=True)
+def _openset_columns(block: Any) -> dict[str, float]:
+    """``openset.<detector>.<metric>`` columns of one run's ``metrics.final.openset``."""
+    out: dict[str, float] = {}
+    if not isinstance(block, dict):
+        return out
+    for det, rep in block.items():
+        rep = rep if isinstance(rep, dict) else {}
+        ov = rep.get("overall") if isinstance(rep.get("overall"), dict) else {}
+        gw = rep.get("group_wise") if isinstance(rep.get("group_wise"), dict) else {}
+        for m in OPENSET_METRICS:
+            if m.endswith("_auroc"):
+                g = gw.get(m[: -len("_auroc")])
+                out[f"openset.{det}.{m}"] = _as_float(g.get("auroc") if isinstance(g, dict) else None)
+            else:
+                out[f"openset.{det}.{m}"] = _as_float(ov.get(m))
+    return out
+
+
+def openset_detectors_of(columns: Iterable[str]) -> list[str]:
+    """Detector names of the ``openset.<detector>.<metric>`` columns, in first-seen order."""
+    seen: dict[str, None] = {}
+    for c in columns:
+        if isinstance(c, str) and c.startswith("openset.") and c.count(".") == 2:
+            seen.setdefault(c.split(".")[1], None)
+    return list(seen)
 
 
 def collect_runs(root: str | os.PathLike, pattern: str | None = None) -> tuple[list[RunRecord], list[SkippedRun]]:
@@ -593,7 +631,8 @@ def build_tables(
     for vm in SELECT_METRICS:
         ranking_cols += [f"{vm}_mean", f"{vm}_std", f"{vm}_count"]
     ranking_cols += ["val_rank", "selected"]
-    ranking = groups[ranking_cols + ["seeds", "exp_names", "run_dirs"]]
+    os_tables, os_cols = _openset_tables(runs_df, g, groups)
+    ranking = groups[ranking_cols + os_cols + ["seeds", "exp_names", "run_dirs"]]
 
     def compare(by: str) -> Any:
         gg = runs_df.groupby(by, sort=True)
@@ -656,10 +695,32 @@ def build_tables(
         "improvement_over_baseline": improvement,
         "all_results_full": full,
         "incremental_sessions": incremental_table(runs_df),
+        **os_tables,
     }
     return SummaryTables(tables=tables, groups=groups, runs=runs_df, sort_by=sort_by,
                          baseline_note=note, searches=searches or [], select_by=select_by,
                          selected=selected, runs_without_val=runs_without_val)
+
+
+def _openset_tables(runs_df: Any, g: Any, groups: Any) -> tuple[dict[str, Any], list[str]]:
+    """``openset_<detector>`` tables (one row per configuration that has the detector: mean and
+    std of every open-set metric over its runs, in ``groups`` order) and the AUROC / FPR95 / OSCR
+    mean columns they add to ``groups`` (for the ranking table)."""
+    tables: dict[str, Any] = {}
+    added: list[str] = []
+    for det in openset_detectors_of(runs_df.columns):
+        cols = [f"openset.{det}.{m}" for m in OPENSET_METRICS if f"openset.{det}.{m}" in runs_df]
+        agg = g[cols].agg(["mean", "std", "count"])
+        agg.columns = [f"{c}_{st}" for c, st in agg.columns]
+        t = groups[["config_id", "config", "type", "n"]].set_index("config_id").join(agg, how="left")
+        t = t[t[f"openset.{det}.auroc_count"] > 0] if f"openset.{det}.auroc_count" in t else t
+        tables[f"openset_{det}"] = t.reset_index()
+        for m in ("auroc", "fpr95", "oscr"):
+            col = f"openset.{det}.{m}_mean"
+            if col in agg:
+                groups[col] = groups["config_id"].map(agg[col])
+                added.append(col)
+    return tables, added
 
 
 def _selection_order(groups: Any, select_by: str) -> list[Any]:
@@ -896,6 +957,7 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
         L += ["", "## Method comparison", "", f"![mAcc, Few and HM per configuration]({fig_name})",
               "", f"First {min(20, len(g))} configurations sorted by test {sb} (for reading; selection is by "
               "validation); bars are test means, whiskers the std over seeds."]
+    L += _openset_report(st)
     L += ["", "## Improvement over baseline", "", f"Baseline: {st.baseline_note}", ""]
     imp = st.tables["improvement_over_baseline"]
     if len(imp):
@@ -943,8 +1005,31 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
           "(loss × sampler), `best_configurations.csv` (the configuration each validation metric selects, with its "
           "test figures), `improvement_over_baseline.csv`, `all_results_full.csv` "
           "(one row per run with its flattened config), `incremental_sessions.csv` (class-incremental runs: one "
-          "row per method and session). Numbers in the CSV files are fractions in [0, 1].", ""]
+          "row per method and session), `openset_<detector>.csv` (open-set runs: every open-set metric per "
+          "configuration). Numbers in the CSV files are fractions in [0, 1].", ""]
     return "\n".join(L)
+
+
+def _openset_report(st: SummaryTables) -> list[str]:
+    """``## Open set``: one table per detector (configurations in the key-results order)."""
+    names = [k[len("openset_"):] for k in st.tables if k.startswith("openset_")]
+    if not names:
+        return []
+    L = ["", "## Open set", "",
+         "Unknown samples (never in training or validation) against the known test samples, final model; "
+         "thresholds chosen on known validation. AUROC many/medium/few: unknowns against the known test samples "
+         "of that group's classes. FPR95: unknowns accepted when 95% of the knowns are (lower is better). "
+         "Closed-set metrics elsewhere in this report are on the known test samples only."]
+    for det in names:
+        t = st.tables[f"openset_{det}"]
+        L += ["", f"### {det}", ""]
+        L.append(_md_table(["Configuration", "n"] + [OPENSET_TITLES[m] for m in OPENSET_KEY_METRICS],
+                           [[r["config"], int(r["n"])] + [_pct(r.get(f"openset.{det}.{m}_mean"),
+                                                                 r.get(f"openset.{det}.{m}_std"),
+                                                                 r.get(f"openset.{det}.{m}_count"))
+                                                            for m in OPENSET_KEY_METRICS]
+                            for _, r in t.iterrows()]))
+    return L
 
 
 def default_out_dir(base: str | os.PathLike = ".") -> Path:
