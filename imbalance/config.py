@@ -281,6 +281,9 @@ class IncrementalConfig:
     wa_scale_bias: bool = False  # wa: scale the new classes' bias by gamma too
     allow_seen_classes: bool = False  # a session's data may hold classes the parent learned
     save_memory: Optional[bool] = None  # keep an exemplar memory in the run folder; null: with data.synthetic.sessions
+
+
+@dataclass
 class OpenSetConfig:
     """Open-set recognition (imbalance.openset_run): unknown classes never reach training or
     validation; detectors score the final model's test samples; thresholds on known validation."""
