@@ -35,6 +35,16 @@ def _torch_threads():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every test leaves pyplot as it found it: figures a test draws (and does not close itself)
+    are closed afterwards, so a later test that counts open figures sees only its own."""
+    yield
+    import sys
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def tiny_cfg(*overrides: str):
     from imbalance.config import compose
 
