@@ -22,6 +22,15 @@ from imbalance.openset_metrics import oscr_curve, roc_points
 COUNTS = [300, 150, 60, 30, 10, 5]     # many 0-1, medium 2-3, few 4-5
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The figure builders return open figures; close them so no later test sees them."""
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
+
+
 def _data(seed=0, n=300, nu=100):
     rng = np.random.default_rng(seed)
     y = np.r_[rng.integers(0, 6, n), -np.ones(nu, int)]
