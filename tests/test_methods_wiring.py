@@ -506,3 +506,15 @@ def test_every_method_of_the_comparison_runs_end_to_end(run_tiny, method, caplog
             "shift_bn", "label_aware", "cb_", "clf_lr_mult", "reinit_classifier")
     unused = [r.getMessage() for r in caplog.records if "is set but not used" in r.getMessage()]
     assert not [m for m in unused if any(k in m for k in ours)], unused  # the method files set only what they use
+
+
+def test_mode_eval_reuses_the_recorded_prototype_classifier_and_names_an_ignored_one(run_tiny, tmp_path, caplog):
+    """A run evaluated with NCM is re-evaluated (mode=eval, its own built-in test data) with the
+    NCM final.pt recorded: the same metrics; asking for kNN there is named as not used."""
+    from imbalance.pipeline import run
+
+    rdir, _ = run_tiny("stage2.enabled=false", "evaluation.classifier=ncm")
+    with caplog.at_level(logging.WARNING):
+        run(tiny_cfg("mode=eval", f"resume={rdir}", "evaluation.classifier=knn"), run_dir=tmp_path / "ev")
+    assert _results(tmp_path / "ev")["metrics"]["final"]["overall"] == _results(rdir)["metrics"]["final"]["overall"]
+    assert any("evaluation.classifier=knn is not used by mode=eval" in r.getMessage() for r in caplog.records)
