@@ -38,6 +38,8 @@ def check_names(cfg: DictConfig) -> None:
     from .losses import LOSSES
     from .models import HEADS, MODELS
     from .optim import OPTIMIZERS
+    from .mixing import MIXES
+    from .prototypes import PROTOTYPE_CLASSIFIERS
     from .samplers import SAMPLERS
     from .stage2 import STAGE2_MODES
 
@@ -56,14 +58,29 @@ def check_names(cfg: DictConfig) -> None:
     from .loggers import LOGGERS
 
     checks += [(LOGGERS, name) for name in (cfg.get("logger") or {})]
+    if str(cfg.data.augment.mix.name) != "none":
+        checks.append((MIXES, cfg.data.augment.mix.name))
+    if cfg.evaluation.classifier != "linear":
+        checks.append((PROTOTYPE_CLASSIFIERS, cfg.evaluation.classifier))
     for registry, name in checks:
         registry.canonical(name)
-    recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM with a non-normalised head is refused
-    if cfg.stage2.enabled:
+    s2, head = cfg.stage2, recipe.resolve_head(cfg.model.head, cfg.loss.name)  # LDAM needs a normalised head
+    if s2.enabled:
         stage2_head(cfg)
     model_options_from(cfg)
     if cfg.openset.enabled:
         openset_detectors(cfg)
+    recipe.check_method_combinations(  # mixing / SAM / MiSLAS / weight balancing / NCM-kNN refusals
+        mix=str(cfg.data.augment.mix.name), sam=bool(cfg.training.sam.enabled), sam_mode=str(cfg.training.sam.mode),
+        accumulation_steps=int(cfg.training.accumulation_steps), stage2_enabled=bool(s2.enabled),
+        stage2_mode=str(s2.mode), shift_bn=bool(s2.shift_bn), maxnorm=s2.maxnorm_thresh is not None,
+        head=(stage2_head(cfg) or head) if s2.enabled else head, eval_classifier=str(cfg.evaluation.classifier),
+        stage3_mode=str(cfg.stage3.mode), posthoc=cfg.evaluation.eval_logit_adjust == "posthoc")
+
+
+def stage2_loss_name(cfg: DictConfig) -> str:
+    """Stage 2's loss: ``stage2.loss``, or LabelAwareSmoothing with ``stage2.label_aware_smoothing``."""
+    return recipe.stage2_loss_name(cfg.stage2.loss, bool(cfg.stage2.label_aware_smoothing))
 
 
 def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
@@ -219,7 +236,45 @@ def build_augmentation(cfg: DictConfig) -> Any:
     from .data import build_augmentation as build
 
     spec = OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
+    spec.pop("mix", None)  # batch mixing: build_mix
     return build(spec)
+
+
+def build_extras(cfg: DictConfig, data: "DataBundle", device: torch.device, loss_fn: nn.Module, *, stage: int,
+                 seed: int, epochs: int, head: Optional[nn.Module] = None) -> Any:
+    """The stage's :class:`~imbalance.stage_extras.StageExtras`, None when it adds nothing: the
+    batch mix (``data.augment.mix``; stage 2 only with ``mix.stage2``; a loss that cannot take
+    its targets is refused here), Balanced-MixUp's second loader (class-balanced, same batch
+    size) and stage 2's MaxNorm on ``head`` (``stage2.maxnorm_thresh``)."""
+    from .mixing import MIXES, check_loss_compatible, create_mix
+    from .stage_extras import StageExtras, make_maxnorm
+
+    m, s2 = cfg.data.augment.mix, cfg.stage2
+    mix = mix_loader = maxnorm = weight = None
+    if str(m.name) != "none" and (stage == 1 or bool(m.stage2)):
+        extra = {"kappa": float(m.kappa), "tau": float(m.tau)} if MIXES.canonical(str(m.name)) == "remix" else {}
+        mix = create_mix(str(m.name), alpha=None if m.alpha is None else float(m.alpha), prob=float(m.prob),
+                         class_counts=[int(c) for c in data.class_counts], **extra)
+        check_loss_compatible(mix, loss_fn)
+        if mix.needs_second_batch:
+            bal = build_sampler("class_balanced", data.train.labels, alpha=0.0, alpha_start=0.0, alpha_end=0.0,
+                                total_epochs=epochs, seed=seed + 7, num_classes=data.num_classes)
+            mix_loader = make_loader(data.train, int(cfg.data.batch_size), device, cfg, train=True, sampler=bal,
+                                     augment=build_augmentation(cfg), seed=seed + 7)
+    if stage == 2 and s2.maxnorm_thresh is not None:
+        maxnorm, weight = make_maxnorm(head, thresh=float(s2.maxnorm_thresh), every=str(s2.maxnorm_every))
+    if mix is None and maxnorm is None:
+        return None
+    return StageExtras(mix=mix, mix_loader=mix_loader, maxnorm=maxnorm, maxnorm_weight=weight)
+
+
+def build_eval_classifier(cfg: DictConfig) -> Optional[nn.Module]:
+    """``evaluation.classifier``: None (the model's head) or the unfitted NCM / kNN classifier."""
+    from .prototypes import create_prototype_classifier
+
+    e = cfg.evaluation
+    return None if e.classifier == "linear" else create_prototype_classifier(
+        str(e.classifier), **(OmegaConf.to_container(e.classifier_params, resolve=True) or {}))
 
 def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[str]]:
     names = cfg.visualization.class_names
@@ -247,6 +302,10 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
     if head != "linear":
         head_params = OmegaConf.to_container(m.head_params, resolve=True) or {}
         swap_classifier(model, head, class_counts=data.class_counts.tolist(), **head_params)
+    if not bool(m.classifier_bias):
+        from .heads import remove_bias
+
+        model.classifier = remove_bias(model.classifier)
     if m.init != "default" or m.log_prior_bias:
         init_model_for_imbalanced(model, data.class_counts.tolist(), init_type=m.init,
                                   use_log_prior_bias=bool(m.log_prior_bias), temperature=float(m.init_temperature))
@@ -257,7 +316,7 @@ def stage2_head(cfg: DictConfig) -> Optional[str]:
     re-initialises the classifier as the normalised head LDAM needs. Fine-tuning and LWS keep the
     trained head, so they need a normalised one already (else a ConfigError)."""
     s2 = cfg.stage2
-    if recipe.resolve_head("auto", s2.loss) != "cosine_ldam":
+    if recipe.resolve_head("auto", stage2_loss_name(cfg)) != "cosine_ldam":
         return None
     stage1_head = recipe.resolve_head(cfg.model.head, cfg.loss.name)
     if stage1_head in recipe.NORMED_HEADS:
@@ -347,9 +406,10 @@ def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Mod
     s2 = cfg.stage2
     smoothing = s2.label_smoothing if s2.label_smoothing is not None else cfg.training.label_smoothing
     mapped = loss_kwargs(s2, fallback=cfg.loss, label_smoothing=float(smoothing), total_epochs=int(s2.epochs))
-    explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if s2.loss == cfg.loss.name else {}
+    name = stage2_loss_name(cfg)
+    explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if name == cfg.loss.name else {}
     key = "stage2.label_smoothing" if s2.label_smoothing is not None else "training.label_smoothing (inherited by stage 2)"
-    return build_loss(s2.loss, class_counts, mapped, explicit, head=head, sampler=sampler, epochs=int(s2.epochs),
+    return build_loss(name, class_counts, mapped, explicit, head=head, sampler=sampler, epochs=int(s2.epochs),
                       smoothing_key=key, prior_key="stage2.prior")
 
 def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
@@ -465,6 +525,7 @@ class StagePlan:
     drop_last: bool = True
     loader_seed: int = 0
     description: str = ""
+    extras: Any = None  # StageExtras: batch mixing, MaxNorm (imbalance.stage_extras)
 
 
 def early_stopping_for(cfg: DictConfig, *, patience: Any, min_epochs: int) -> EarlyStopping:
@@ -495,6 +556,7 @@ def build_stage1(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer(t.optimizer, params, lr=float(t.lr), weight_decay=float(t.weight_decay),
                                  momentum=float(t.momentum))
+    extras = build_extras(cfg, data, device, loss_fn, stage=1, seed=int(cfg.seed), epochs=int(t.epochs))
     s = cfg.scheduler
     schedule = EpochSchedule(optimizer, s.name, epochs=int(t.epochs), warmup_epochs=int(s.warmup_epochs),
                              warmup_multiplier=float(s.warmup_multiplier), min_lr=float(s.min_lr),
@@ -505,21 +567,34 @@ def build_stage1(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                                   warmup=int(s.warmup_epochs) if s.name != "none" else 0, loss_fn=loss_fn,
                                   sampler_name=cfg.sampling.name, sampler=sampler)
     es = early_stopping_for(cfg, patience=cfg.early_stopping.patience, min_epochs=min_epochs)
+    notes = [extras.describe()] if extras is not None else []
+    if t.sam.enabled:  # after the schedule, which holds the base optimizer's parameter groups
+        from .stage_extras import make_sam
+
+        optimizer = make_sam(optimizer, model=model, mode=str(t.sam.mode), rho=float(t.sam.rho),
+                             class_counts=data.class_counts.tolist(), tail_thresh=int(t.sam.tail_thresh),
+                             tail_weight=float(t.sam.tail_weight), freeze_bn_second_pass=t.sam.freeze_bn_second_pass,
+                             loss_fn=loss_fn, accumulation_steps=int(t.accumulation_steps), distributed=D.is_enabled(),
+                             mix=extras.mix if extras is not None else None, has_aux_loss=hasattr(net, "aux_loss"))
+        notes.append(f"{optimizer.mode} (rho {optimizer.rho:g})")
     return StagePlan(
         stage=1, epochs=int(t.epochs), loss_fn=loss_fn, sampler=sampler, optimizer=optimizer, schedule=schedule,
         early_stopping=es, train_loader=train_loader, grad_clip=float(t.grad_clip or 0) or None,
         accumulation_steps=int(t.accumulation_steps), skip_nonfinite=bool(t.skip_nonfinite),
-        restore_best=t.checkpoint_select == "best",
+        restore_best=t.checkpoint_select == "best", extras=extras,
         description=f"stage 1: {cfg.loss.name}, sampler {cfg.sampling.name}, {t.optimizer}, lr {float(t.lr):g}, "
-                    f"{int(t.epochs)} epochs, {len(train_loader)} batches/epoch")
+                    f"{int(t.epochs)} epochs, {len(train_loader)} batches/epoch" + "".join(f"; {n}" for n in notes))
 
 
 def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: torch.device) -> StagePlan:
     """Stage 2 from ``stage2:`` (its loss keys inherit ``loss:``): the head it trains (cRT swaps in
     the normalised head LDAM needs with ``model.head=auto``), what is frozen (the stage-2 mode's
     plan), sampler, loss, optimizer, schedule and early stopping. With a frozen backbone in eval
-    mode and no augmentation the classifier trains on cached features (``feature_cache``)."""
+    mode and no augmentation the classifier trains on cached features (``feature_cache``).
+    ``shift_bn`` (MiSLAS: the frozen backbone's BatchNorm statistics follow the stage-2 batches)
+    and stage-2 mixing need the inputs, so no feature cache then."""
     s2 = cfg.stage2
+    loss_name = stage2_loss_name(cfg)
     net = D.unwrap(model)
     new_head = stage2_head(cfg)
     if new_head is not None:
@@ -528,20 +603,26 @@ def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
         swap_classifier(net, new_head, class_counts=data.class_counts.tolist())
         net.classifier.to(device)
         log.info("stage 2: %s with model.head=auto: the re-initialised classifier is the normalised %s head",
-                 s2.loss, new_head)
+                 loss_name, new_head)
     plan = make_stage2_plan(s2.mode, model, lr=float(s2.lr), clf_lr_mult=float(s2.clf_lr_mult),
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
     epochs = int(s2.epochs)
     augment = build_augmentation(cfg)
-    eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)
-    use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None
+    eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
+    mixes = str(cfg.data.augment.mix.name) != "none" and bool(cfg.data.augment.mix.stage2)
+    use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None and not mixes
+    set_train_mode = plan.set_train_mode
+    if s2.shift_bn:
+        from .bn_tools import with_shift_bn
+
+        set_train_mode = with_shift_bn(plan.set_train_mode)
     sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,
                             alpha_end=s2.alpha_end, total_epochs=epochs, seed=int(cfg.seed) + 1,
                             num_classes=data.num_classes, shard=not use_cache, drs_start=s2.drs_start,
                             drs_beta=s2.drs_beta)
     loss_fn = stage2_loss(cfg, data.class_counts, head=net.classifier, sampler=sampler).to(device)
-    for msg in recipe.stacked_corrections(stage=2, loss=loss_fn, loss_name=s2.loss, sampler=sampler,
+    for msg in recipe.stacked_corrections(stage=2, loss=loss_fn, loss_name=loss_name, sampler=sampler,
                                           sampler_name=s2.sampler, class_counts=data.class_counts, epochs=epochs):
         log.warning("%s", msg)
     bs = int(cfg.data.batch_size)
@@ -557,13 +638,18 @@ def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                                   sampler_name=s2.sampler, sampler=sampler)
     es = early_stopping_for(cfg, patience=s2.patience if s2.patience is not None else cfg.early_stopping.patience,
                             min_epochs=min_epochs)
+    extras = build_extras(cfg, data, device, loss_fn, stage=2, seed=int(cfg.seed) + 1, epochs=epochs,
+                          head=net.classifier)
+    notes = (["shift BN"] if s2.shift_bn else []) + ([extras.describe()] if extras is not None else [])
     return StagePlan(
         stage=2, epochs=epochs, loss_fn=loss_fn, sampler=sampler, optimizer=optimizer, schedule=schedule,
         early_stopping=es, train_loader=train_loader, grad_clip=float(cfg.training.grad_clip or 0) or None,
         skip_nonfinite=bool(cfg.training.skip_nonfinite), restore_best=s2.checkpoint_select == "best",
-        set_train_mode=plan.set_train_mode, feature_cache=use_cache, batch_size=bs,
+        set_train_mode=set_train_mode, feature_cache=use_cache, batch_size=bs,
         eval_batch_size=cfg_eval_batch(cfg), drop_last=bool(cfg.data.drop_last), loader_seed=int(cfg.seed) + 1,
-        description=f"stage 2: {s2.mode} with {s2.loss}, sampler {s2.sampler}, lr {float(s2.lr):g}, {epochs} epochs")
+        extras=extras,
+        description=f"stage 2: {s2.mode} with {loss_name}, sampler {s2.sampler}, lr {float(s2.lr):g}, {epochs} epochs"
+                    + "".join(f"; {n}" for n in notes))
 
 
 @dataclass

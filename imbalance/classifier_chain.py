@@ -1,16 +1,18 @@
 """The classifier chain of a trained model: its head and the wrappers stages 2 and 3 add.
 
-A final model's ``classifier`` is a head (registry :data:`imbalance.heads.HEADS`) possibly
-wrapped, inner to outer, by
+A final model's ``classifier`` is a head (registry :data:`imbalance.heads.HEADS`), or a
+prototype classifier fitted on the training features (``evaluation.classifier=ncm|knn``,
+registry :data:`imbalance.prototypes.PROTOTYPE_CLASSIFIERS`, recorded as kind ``prototype``),
+possibly wrapped, inner to outer, by
 
-=================  ===========================================  ==============================
+=================  ===========================================  ====================================
 kind               module                                       added by
-=================  ===========================================  ==============================
+=================  ===========================================  ====================================
 ``tau_norm``       :class:`TauNormalizedLinear` (replaces W x+b)  stage 3 tau-normalisation
-``lws``            :class:`LWSClassifier`                        stage 2 ``mode=lws``
+``lws``            :class:`LWSClassifier`                        stage 2 ``mode=lws`` / ``crt_lws``
 ``logit_adjust``   :class:`LogitAdjustedOutput`                  stage 3 / post-hoc adjustment
 ``temperature``    :class:`TemperatureScaledOutput`              stage 3 temperature scaling
-=================  ===========================================  ==============================
+=================  ===========================================  ====================================
 
 :func:`describe_chain` turns a classifier into a list of plain dicts (stored in ``final.pt``);
 :func:`build_chain` builds the same structure again (values are placeholders until the
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import heads
+from .prototypes import KNNClassifier, NCMClassifier, create_prototype_classifier
 from .class_priors import log_prior as _counts_log_prior
 from .errors import ConfigError
 
@@ -165,6 +168,9 @@ def head_spec(head: nn.Module) -> Dict[str, Any]:
                 "options": {"learnable": bool(head.log_t.requires_grad), "bias": head.linear.bias is not None}}
     if isinstance(head, nn.Linear):
         return {"kind": "head", "name": "linear", "options": {"bias": head.bias is not None}}
+    if isinstance(head, (NCMClassifier, KNNClassifier)):
+        return {"kind": "prototype", "name": "ncm" if isinstance(head, NCMClassifier) else "knn",
+                "options": head.options(), "shapes": head.buffer_shapes()}
     raise ConfigError(f"cannot record a classifier head of type {type(head).__name__}")
 
 
@@ -195,12 +201,16 @@ def build_chain(chain: Sequence[Dict[str, Any]], *, in_features: int, num_classe
     counts = list(class_counts) if class_counts is not None else None
     if first["kind"] == "tau_norm":
         module: nn.Module = TauNormalizedLinear(torch.ones(num_classes, in_features), float(first["tau"]))
+    elif first["kind"] == "prototype":  # its fitted tensors come with the state dict
+        module = create_prototype_classifier(first["name"], **dict(first.get("options") or {}))
+        module.allocate(dict(first.get("shapes") or {}))
     elif first["kind"] == "head":
         builder = heads.HEADS.get(first["name"])
         module = builder(in_features=in_features, num_classes=num_classes, class_counts=counts,
                          **dict(first.get("options") or {}))
     else:
-        raise ConfigError(f"a classifier chain must start with a head or tau_norm, not {first['kind']!r}")
+        raise ConfigError(f"a classifier chain must start with a head, a prototype classifier or tau_norm, not "
+                          f"{first['kind']!r}")
     for link in rest:
         kind = link["kind"]
         if kind == "lws":

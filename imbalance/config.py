@@ -42,6 +42,18 @@ class SyntheticConfig:
 
 
 @dataclass
+class MixConfig:
+    """Batch mixing of training batches (imbalance.mixing: mixup, Remix, Balanced-MixUp, CutMix 1-D)."""
+
+    name: str = "none"  # none / mixup / remix / balanced_mixup / cutmix1d
+    alpha: Optional[float] = None  # Beta parameter; null: the method's default (1.0; balanced_mixup 0.2)
+    prob: float = 1.0  # chance that a batch is mixed
+    kappa: float = 3.0  # remix: n_a / n_b >= kappa marks a majority
+    tau: float = 0.5  # remix: the label goes to the minority when its input share exceeds 1 - tau
+    stage2: bool = False  # also mix stage-2 batches (inputs; no cached features then)
+
+
+@dataclass
 class AugmentConfig:
     """Training-batch augmentation (imbalance.augment.build_augmentation); applied in the order
     crop, time shift, amplitude, noise, each with probability ``p`` per sample."""
@@ -55,6 +67,7 @@ class AugmentConfig:
     noise_std: Optional[float] = None  # additive Gaussian noise std (or noise_snr_db)
     noise_snr_db: Optional[Any] = None  # a number or [lo, hi]
     crop_length: Optional[int] = None  # random crop / pad to this length
+    mix: MixConfig = field(default_factory=MixConfig)  # batch mixing (independent of `enabled`)
 
 
 @dataclass
@@ -104,6 +117,7 @@ class ModelConfig:
     gate_dropout: Optional[float] = None  # mixtures
     load_balance_weight: Optional[float] = None  # mixtures: weight of the gate-entropy regulariser
     params: Dict[str, Any] = field(default_factory=dict)  # further model keywords (checked before data loads)
+    classifier_bias: bool = True  # false: a bias-free classifier head (tau-norm, weight balancing)
 
 
 #: ModelConfig fields that are model-specific options (passed to the model when not null).
@@ -126,6 +140,12 @@ class LossConfig:
     cost_matrix: Optional[Any] = None
     prior: str = "train"  # BalancedSoftmax / LogitAdjustment: train (n_c / N) or sampled (the sampler's)
     params: Dict[str, Any] = field(default_factory=dict)  # any other keyword of the loss
+    vs_gamma: float = 0.3  # VSLoss: logits divided by (n_max / n_c)^vs_gamma (its tau is logit_tau)
+    cdt_gamma: float = 0.3  # CDTLoss: class-dependent temperatures (n_max / n_c)^cdt_gamma
+    las_smooth_head: float = 0.3  # LabelAwareSmoothing: smoothing of the largest class
+    las_smooth_tail: float = 0.0  # LabelAwareSmoothing: smoothing of the smallest class
+    las_shape: str = "concave"  # LabelAwareSmoothing: concave / linear / convex / exp
+    las_power: Optional[float] = None  # LabelAwareSmoothing shape=exp: the exponent
 
 
 @dataclass
@@ -136,6 +156,18 @@ class SamplingConfig:
     alpha_end: float = 0.0
     drs_start: Optional[int] = None  # drs: first re-sampled epoch (0-based); null: 80% of the epochs
     drs_beta: Optional[float] = None  # drs: effective-number beta; null: 0.9999 (LDAM-DRW)
+
+
+@dataclass
+class SamConfig:
+    """Sharpness-aware training of stage 1 (imbalance.sam): two forward/backward passes per step."""
+
+    enabled: bool = False
+    mode: str = "sam"  # sam (Foret et al. 2021) / imbsam (Zhou et al. 2023: SAM on the tail classes' loss)
+    rho: float = 0.05  # radius of the weight perturbation
+    tail_thresh: int = 20  # imbsam: classes with fewer training samples are tail
+    tail_weight: float = 2.0  # imbsam: factor on the tail loss (the official code's 2)
+    freeze_bn_second_pass: Optional[bool] = None  # null: as each official code (sam: frozen, imbsam: updated)
 
 
 @dataclass
@@ -150,6 +182,7 @@ class TrainingConfig:
     accumulation_steps: int = 1  # optimizer step every N batches (effective batch N * batch_size)
     skip_nonfinite: bool = False  # false: a NaN/Inf loss stops the run (epoch, batch); true: skip the batch
     checkpoint_select: str = "best"  # best (by early_stopping.monitor) / last (the fully annealed model)
+    sam: SamConfig = field(default_factory=SamConfig)
 
 
 @dataclass
@@ -179,7 +212,7 @@ class EarlyStoppingConfig:
 @dataclass
 class Stage2Config:
     enabled: bool = True
-    mode: str = "crt"  # crt / finetune / lws
+    mode: str = "crt"  # crt / finetune / lws / crt_lws
     epochs: int = 50  # cheap: a frozen backbone trains the classifier on cached features
     lr: float = 1e-2
     weight_decay: float = 1e-4
@@ -213,6 +246,17 @@ class Stage2Config:
     cost_matrix: Optional[Any] = None
     prior: Optional[str] = None
     label_smoothing: Optional[float] = None
+    vs_gamma: Optional[float] = None
+    cdt_gamma: Optional[float] = None
+    las_smooth_head: Optional[float] = None
+    las_smooth_tail: Optional[float] = None
+    las_shape: Optional[str] = None
+    las_power: Optional[float] = None
+    # MiSLAS / weight balancing (docs/methods.md)
+    label_aware_smoothing: bool = False  # true: stage 2's loss is LabelAwareSmoothing (las_* keys)
+    shift_bn: bool = False  # MiSLAS: the frozen backbone's BatchNorm statistics follow the stage-2 batches
+    maxnorm_thresh: Optional[float] = None  # weight balancing: a number turns MaxNorm on (relative radius)
+    maxnorm_every: str = "epoch"  # epoch (the official code) / step: when the norms are projected
 
 
 @dataclass
@@ -229,6 +273,8 @@ class EvaluationConfig:
     eval_logit_tau: Any = 1.0  # a number in [0, 3] or "auto"
     batch_size: int = 512
     skip_unknown_classes: bool = False  # mode=eval: drop test samples of classes the model never saw
+    classifier: str = "linear"  # linear (the model's head) / ncm / knn (fitted on training features)
+    classifier_params: Dict[str, Any] = field(default_factory=dict)  # ncm: feat_type, distance; knn: k, vote, temperature
 
 
 @dataclass
@@ -397,7 +443,7 @@ _CHOICES = {
     "stage2.checkpoint_select": ("best", "last"),
     "loss.prior": ("train", "sampled"),
     "stage2.prior": (None, "train", "sampled"),
-    "stage2.mode": ("crt", "finetune", "lws"),
+    "stage2.mode": ("crt", "finetune", "lws", "crt_lws"),
     "stage3.mode": ("none", "tau_norm", "logit_adjust", "both"),
     "evaluation.eval_logit_adjust": ("none", "posthoc"),
     "experiment.grouping": ("auto", "absolute", "quantile"),
@@ -407,6 +453,9 @@ _CHOICES = {
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
     "openset.protocol": (None, "random", "head_unknown", "tail_unknown", "stratified"),
+    "training.sam.mode": ("sam", "imbsam"),
+    "stage2.maxnorm_every": ("epoch", "step"),
+    "evaluation.classifier": ("linear", "ncm", "knn"),
 }
 
 
@@ -450,6 +499,34 @@ def parse_temperature(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"stage3.temperature={value!r} is not valid; use none, auto or a number > 0")
     return float(value)
+
+
+def _number(cfg: Any, key: str, low: float, high: float = math.inf, *, open_low: bool = False,
+            open_high: bool = False, allow_none: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and allow_none:
+        return
+    lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+    span = f"{lo}{low:g}, {'inf' if high == math.inf else f'{high:g}'}{hi}"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} must be a number in {span}") from None
+    if isinstance(value, bool) or not math.isfinite(v) or v < low or v > high or (open_low and v == low) or \
+            (open_high and v == high):
+        raise ConfigError(f"{key}={value!r} is out of range; it must be in {span}")
+
+
+def _validate_methods(cfg: Any) -> None:
+    """Ranges of the batch-mixing, SAM and MaxNorm keys (names are checked by their registries)."""
+    _number(cfg, "data.augment.mix.alpha", 0.0, open_low=True, allow_none=True)
+    _number(cfg, "data.augment.mix.prob", 0.0, 1.0)
+    _number(cfg, "data.augment.mix.kappa", 1.0)
+    _number(cfg, "data.augment.mix.tau", 0.0, 1.0)
+    _number(cfg, "training.sam.rho", 0.0)
+    _number(cfg, "training.sam.tail_thresh", 0.0)
+    _number(cfg, "training.sam.tail_weight", 0.0, open_low=True)
+    _number(cfg, "stage2.maxnorm_thresh", 0.0, allow_none=True)
 
 
 def validate(cfg: Any) -> None:
@@ -502,6 +579,7 @@ def validate(cfg: Any) -> None:
         value = float(_get(cfg, key))
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key}={value} is out of range; it must be in [0, 1]")
+    _validate_methods(cfg)
     parse_tau(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0)
     parse_tau(cfg.stage3.logit_tau, "stage3.logit_tau", 3.0)
     parse_temperature(cfg.stage3.temperature)

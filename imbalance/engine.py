@@ -32,7 +32,10 @@ from .checkpoint import StageCheckpointer, atomic_save, previous_path, rng_state
 from .distributed import unwrap  # noqa: F401  (public here too)
 from .run_folder import METRICS_COLUMNS, MetricsWriter  # noqa: F401  (public here too)
 from .errors import UserError
+from .mixing import mixed_correct, mixed_loss
 from .precision import Precision
+from .sam import SAM
+from .stage_extras import StageExtras, check_sam_precision, sam_step
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +186,15 @@ def train_one_epoch(
     progress: Any = None,
     location: str = "",
     on_batch_end: Optional[Callable[[int], None]] = None,
+    extras: Optional[StageExtras] = None,
 ) -> Dict[str, float]:
     """One pass over ``loader``; returns mean train loss and accuracy (on the fly) and the
     number of samples (``train_samples``).
+
+    ``extras`` (:class:`~imbalance.stage_extras.StageExtras`): batch mixing (the loss of a mixed
+    batch is :func:`~imbalance.mixing.mixed_loss`, its accuracy counts each label by its weight)
+    and MaxNorm after each optimizer step when asked. An ``optimizer`` that is a
+    :class:`~imbalance.sam.SAM` takes its two-pass step (:func:`~imbalance.stage_extras.sam_step`).
 
     The loss is computed in float32 on float32 logits whatever the autocast dtype (margins,
     log-priors and re-weighting are precision-sensitive).
@@ -198,10 +207,12 @@ def train_one_epoch(
     """
     scaler = precision.scaler
     total_loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long)
+    correct = torch.zeros((), dtype=torch.float64)
     seen = 0
     optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
+    n_batches = len(loader) if extras is None else extras.num_batches(loader)
+    batches = loader if extras is None else extras.batches(loader)
+    sam = optimizer if isinstance(optimizer, SAM) else None
     k = max(1, int(accumulation_steps))
     distributed = D.is_enabled()
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -212,16 +223,20 @@ def train_one_epoch(
         log.warning("the model's auxiliary loss is not available under DataParallel (replicas drop it); "
                     "training without it")
         aux = None
-    for i, (x, y) in enumerate(loader):
+    clip = (lambda: torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)) if grad_clip else None
+    for i, (x, y) in enumerate(batches):  # y: the labels, or a MixedTarget of a mixed batch
         step_now = (i + 1) % k == 0 or i + 1 == n_batches
         group_len = min(k, n_batches - (i // k) * k)
         sync = model.no_sync() if (is_ddp and not step_now) else contextlib.nullcontext()
         with sync:
-            with precision.autocast():
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            if aux is not None:  # e.g. a mixture of experts' load-balance term (0 unless weighted)
-                loss = loss + aux()
+            if sam is not None:  # both passes and the step (nothing stepped if the loss is not finite)
+                logits, loss = sam_step(sam, model, x, y, loss_fn, precision=precision, aux=aux, before_step=clip)
+            else:
+                with precision.autocast():
+                    logits = model(x)
+                loss = mixed_loss(loss_fn, logits.float(), y)
+                if aux is not None:  # e.g. a mixture of experts' load-balance term (0 unless weighted)
+                    loss = loss + aux()
             bad = not bool(torch.isfinite(loss))
             if distributed:  # every rank must take the same branch (DDP collectives)
                 bad = D.any_rank(bad)
@@ -231,12 +246,13 @@ def train_one_epoch(
                     optimizer.zero_grad(set_to_none=True)
                     continue
                 raise NonFiniteLossError(f"{location}, batch {i + 1}: the loss is {float(loss.detach())}")
-            scaled = loss / group_len
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
-        if step_now:
+            if sam is None:
+                scaled = loss / group_len
+                if scaler is not None:
+                    scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+        if step_now and sam is None:
             if grad_clip:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -247,9 +263,11 @@ def train_one_epoch(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if step_now and extras is not None:
+            extras.after_step()
         b = len(y)
         total_loss += loss.detach().double().cpu() * b
-        correct += (logits.detach().argmax(1) == y).sum().cpu()
+        correct += mixed_correct(logits, y).double().cpu()
         seen += b
         if progress is not None:
             progress.update(1)
@@ -313,6 +331,7 @@ def fit(
     on_batch_end: Optional[Callable[[int, int], None]] = None,
     restore_best: bool = True,
     on_epoch_end: Optional[Callable[[Dict[str, Any], Dict[str, torch.Tensor]], None]] = None,
+    extras: Optional[StageExtras] = None,
 ) -> StageResult:
     """Train ``model`` for up to ``epochs`` epochs (from ``start_epoch``, 0-based) and restore the
     best weights (by ``early_stopping.monitor`` on ``val_loader``) at the end, or keep the last
@@ -329,8 +348,11 @@ def fit(
     ``best_state`` = the best checkpoint's weights, the states loaded) continues bit-for-bit.
     ``on_batch_end(epoch, batch)`` (1-based) is called after every training batch;
     ``on_epoch_end(row, val)`` after each epoch's metrics row is written, with the row and the
-    validation predictions (``logits``, ``labels``), e.g. for the run's loggers.
+    validation predictions (``logits``, ``labels``), e.g. for the run's loggers. ``extras``
+    (:class:`~imbalance.stage_extras.StageExtras`): batch mixing, MaxNorm after each epoch's
+    training (or step); its state is part of the checkpoints.
     """
+    check_sam_precision(optimizer, precision)
     t_stage = time.perf_counter()
     holder = unwrap(save_module if save_module is not None else model)
     best_state = copy.deepcopy(holder.state_dict()) if best_state is None else best_state
@@ -345,6 +367,8 @@ def fit(
             break
         t0 = time.perf_counter()
         train_loader.set_epoch(epoch)
+        if extras is not None:
+            extras.set_epoch(epoch)
         if hasattr(loss_fn, "set_epoch"):
             loss_fn.set_epoch(epoch)
         lr = schedule.start_epoch(epoch)
@@ -357,7 +381,7 @@ def fit(
             tr = train_one_epoch(
                 model, train_loader, loss_fn, optimizer, precision=precision, grad_clip=grad_clip,
                 accumulation_steps=accumulation_steps, skip_nonfinite=skip_nonfinite, progress=bar,
-                location=f"stage {stage}, epoch {epoch + 1}", on_batch_end=batch_hook,
+                location=f"stage {stage}, epoch {epoch + 1}", on_batch_end=batch_hook, extras=extras,
             )
         except NonFiniteLossError as err:
             last = checkpointer.last_path if checkpointer is not None else None
@@ -369,6 +393,8 @@ def fit(
         finally:
             if bar is not None:
                 bar.close()
+        if extras is not None:
+            extras.after_epoch()
         n_seen = tr.pop("train_samples", 0)
         if distributed:
             # sum over ranks; BatchNorm statistics of rank 0 everywhere (what is checkpointed)

@@ -422,6 +422,11 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
         log.info("evaluation folder: %s", folder.root)
         log.info("model: %s (source run %s)", info.checkpoint, info.source_run or "-")
         seed_everything(int(src_cfg.seed))
+        if user_set(cfg, "evaluation.classifier", src_cfg.evaluation.classifier, overrides) and \
+                cfg.evaluation.classifier != src_cfg.evaluation.classifier:
+            log.warning("evaluation.classifier=%s is not used by mode=eval: the classifier is the one final.pt "
+                        "recorded (%s); NCM/kNN are fitted on the training features when a run trains",
+                        cfg.evaluation.classifier, src_cfg.evaluation.classifier)
         amp, amp_dtype = (cfg.amp, cfg.amp_dtype) if user_set(cfg, "amp", src_cfg.amp, overrides) else (
             src_cfg.amp, src_cfg.amp_dtype)
         precision = make_precision(device, bool(amp), amp_dtype)

@@ -163,8 +163,28 @@ def head_linear(head: nn.Module) -> Optional[nn.Linear]:
     return lin if isinstance(lin, nn.Linear) else None
 
 
+def remove_bias(head: nn.Module) -> nn.Module:
+    """``head`` without the bias of its linear layer (``model.classifier_bias=false``): the
+    ``nn.Linear`` (the head itself, or its ``linear``) is replaced by one with ``bias=False`` and
+    the same weight, so the model's own head initialisation is kept. Returns the (new) head; a
+    head without a bias (cosine) comes back unchanged."""
+    lin = head_linear(head)
+    if lin is None or lin.bias is None:
+        return head
+    new = nn.Linear(lin.in_features, lin.out_features, bias=False).to(device=lin.weight.device,
+                                                                      dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight)
+    new.weight.requires_grad_(lin.weight.requires_grad)
+    if head is lin:
+        return new
+    head.linear = new
+    return head
+
+
 __all__ = [
     "HEADS",
+    "remove_bias",
     "CosineMarginClassifier",
     "LogitAdjustedLinear",
     "TemperatureScaledClassifier",

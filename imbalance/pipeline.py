@@ -39,7 +39,7 @@ from .results import build_results, format_pct, git_commit, plain, write_results
 from .run_folder import MetricsWriter, RunFolder, update_latest_link
 from .runtime import attach_run_log, cli_overrides, detach_run_log, resolve_run_dir, seed_everything, select_device, \
     sweep_name, varied_keys
-from .stages import RunContext, run_stage1, run_stage2, run_stage3
+from .stages import RunContext, fit_prototype_classifier, run_stage1, run_stage2, run_stage3
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,11 @@ def _announce(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str]) 
                  D.per_rank_batch(int(cfg.data.batch_size), env) * env.world_size)
     recipe.warn_unused_user_keys(cfg, cli_overrides() or [])
     posthoc = cfg.stage3.mode in ("logit_adjust", "both") or cfg.evaluation.eval_logit_adjust == "posthoc"
+    s2 = [(B.stage2_loss_name(cfg), cfg.stage2.logit_tau if cfg.stage2.logit_tau is not None else cfg.loss.logit_tau)]
     for msg in recipe.stacked_logit_adjustment(
-            head=recipe.resolve_head(cfg.model.head, cfg.loss.name),
-            loss_names=[cfg.loss.name] + ([cfg.stage2.loss] if cfg.stage2.enabled else []), posthoc=posthoc):
+            head=recipe.resolve_head(cfg.model.head, cfg.loss.name), posthoc=posthoc,
+            loss_names=[cfg.loss.name] + ([s2[0][0]] if cfg.stage2.enabled else []),
+            logit_taus=[cfg.loss.logit_tau] + ([s2[0][1]] if cfg.stage2.enabled else [])):
         log.warning("%s", msg)
 
 
@@ -196,6 +198,11 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         timings["stage2"] = time.perf_counter() - t0
         stage_info["stage2"] = {"epochs_run": r2.epochs_run, "best_epoch": r2.best_epoch, "best_value": r2.best_value}
         metrics["stage2"] = public(evaluate_model(ctx.model, ctx.test_loader, analyzer, precision=ctx.precision))
+
+    # ---- evaluation classifier: NCM / kNN fitted on the training features (evaluation.classifier)
+    proto = B.build_eval_classifier(cfg)
+    if proto is not None:
+        fit_prototype_classifier(ctx, proto, B.cfg_eval_batch(cfg))
 
     # ---- stage 3
     t0 = time.perf_counter()

@@ -18,13 +18,19 @@ Usage::
 
     clf = create_prototype_classifier("ncm").fit(train_feats, train_labels, num_classes)
     scores = clf(test_feats)                   # (N, K), like logits
+
+Scores are computed in float32 with autocast off (squared distances and similarities lose too
+much in bf16/fp16). A fitted classifier's ``state_dict`` holds what it was fitted on (the
+centroids, or the training features of kNN); an unfitted one of the same options takes it with
+``load_state_dict`` (its buffers take the stored shapes), so a saved model is rebuilt from
+``options()`` alone (:mod:`imbalance.classifier_chain`).
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import math
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +71,35 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+class _Prototypes(nn.Module):
+    """Buffers that take the shape of a loaded state dict (a fitted classifier's)."""
+
+    def buffer_shapes(self) -> Dict[str, list]:
+        """The shapes of the fitted tensors (recorded beside ``options()``)."""
+        return {name: list(buf.shape) for name, buf in self._buffers.items() if buf is not None}
+
+    def allocate(self, shapes: Dict[str, Any]) -> "_Prototypes":
+        """Zero buffers of the recorded ``shapes`` (a fitted classifier's state dict then loads
+        with the shapes checked)."""
+        for name, shape in shapes.items():
+            buf = self._buffers[name]
+            self._buffers[name] = torch.zeros([int(d) for d in shape], dtype=buf.dtype, device=buf.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
 def _transform(x: torch.Tensor, feat_type: str, mean: torch.Tensor) -> torch.Tensor:
     if feat_type == "cl2n":
         x = x - mean
@@ -92,7 +127,7 @@ def class_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 
 @PROTOTYPE_CLASSIFIERS.register("ncm")
-class NCMClassifier(nn.Module):
+class NCMClassifier(_Prototypes):
     """Nearest class mean classifier (Kang et al. 2020), as the official ``KNNClassifier``.
 
     ``feat_type`` (official default ``cl2n``) transforms training and test features alike
@@ -137,20 +172,25 @@ class NCMClassifier(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
             raise RuntimeError("NCMClassifier: call fit(train_features, train_labels, num_classes) first")
-        x = _transform(features.float().to(self.centroids.device), self.feat_type, self.feat_mean)
-        c = self.centroids
-        if self.distance == "l2":
-            scores = -((x * x).sum(1, keepdim=True) + (c * c).sum(1)[None, :] - 2.0 * x @ c.t())
-        else:
-            scores = (x @ c.t()) / x.shape[1]
-        return scores.masked_fill((self.counts == 0)[None, :], float("-inf"))
+        with _no_autocast(features):
+            x = _transform(features.float().to(self.centroids.device), self.feat_type, self.feat_mean)
+            c = self.centroids.float()
+            if self.distance == "l2":
+                scores = -((x * x).sum(1, keepdim=True) + (c * c).sum(1)[None, :] - 2.0 * x @ c.t())
+            else:
+                scores = (x @ c.t()) / x.shape[1]
+            return scores.masked_fill((self.counts == 0)[None, :], float("-inf"))
+
+    def options(self) -> Dict[str, Any]:
+        """The constructor options (what :func:`create_prototype_classifier` needs to rebuild it)."""
+        return {"feat_type": self.feat_type, "distance": self.distance}
 
     def extra_repr(self) -> str:
         return f"feat_type={self.feat_type!r}, distance={self.distance!r}"
 
 
 @PROTOTYPE_CLASSIFIERS.register("knn")
-class KNNClassifier(nn.Module):
+class KNNClassifier(_Prototypes):
     """Cosine k-nearest-neighbour classifier on L2-normalised features.
 
     The ``k`` training features with the highest cosine similarity vote: ``weighted`` (default)
@@ -175,7 +215,7 @@ class KNNClassifier(nn.Module):
         if int(chunk_size) < 1:
             raise ConfigError(f"kNN chunk_size={chunk_size!r} must be >= 1")
         self.k, self.vote, self.temperature, self.chunk_size = int(k), vote, t, int(chunk_size)
-        self.num_classes = 0
+        self.register_buffer("n_classes", torch.zeros((), dtype=torch.long))  # K (part of the state dict)
         self.register_buffer("bank", torch.zeros(0, 0))
         self.register_buffer("bank_labels", torch.zeros(0, dtype=torch.long))
 
@@ -186,7 +226,8 @@ class KNNClassifier(nn.Module):
     @torch.no_grad()
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> "KNNClassifier":
         x, y, k = _check_fit_inputs(features, labels, num_classes, "KNNClassifier")
-        self.bank, self.bank_labels, self.num_classes = _normalize(x), y, k
+        self.bank, self.bank_labels = _normalize(x), y
+        self.n_classes = torch.tensor(k, dtype=torch.long, device=x.device)
         if self.k > x.shape[0]:
             logger.warning("kNN: k=%d > %d training samples; every sample votes", self.k, x.shape[0])
         return self
@@ -198,11 +239,12 @@ class KNNClassifier(nn.Module):
             raise RuntimeError("KNNClassifier: call fit(train_features, train_labels, num_classes) first")
         k = min(self.k, self.bank.shape[0])
         out = []
-        for q in _normalize(features.float().to(self.bank.device)).split(self.chunk_size):
-            sim, idx = (q @ self.bank.t()).topk(k, dim=1)
-            w = torch.exp(sim / self.temperature) if self.vote == "weighted" else torch.ones_like(sim)
-            v = torch.zeros(q.shape[0], self.num_classes, dtype=w.dtype, device=w.device)
-            out.append(v.scatter_add_(1, self.bank_labels[idx], w))
+        with _no_autocast(features):
+            for q in _normalize(features.float().to(self.bank.device)).split(self.chunk_size):
+                sim, idx = (q @ self.bank.float().t()).topk(k, dim=1)
+                w = torch.exp(sim / self.temperature) if self.vote == "weighted" else torch.ones_like(sim)
+                v = torch.zeros(q.shape[0], self.num_classes, dtype=w.dtype, device=w.device)
+                out.append(v.scatter_add_(1, self.bank_labels[idx], w))
         return torch.cat(out) if out else torch.zeros(0, self.num_classes)
 
     @torch.no_grad()
@@ -210,6 +252,14 @@ class KNNClassifier(nn.Module):
         v = self.votes(features)
         share = v / v.sum(dim=1, keepdim=True)
         return torch.log(share.clamp_min(1e-12)).clamp_min(KNN_LOG_FLOOR)
+
+    def options(self) -> Dict[str, Any]:
+        """The constructor options (what :func:`create_prototype_classifier` needs to rebuild it)."""
+        return {"k": self.k, "vote": self.vote, "temperature": self.temperature, "chunk_size": self.chunk_size}
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.n_classes)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, vote={self.vote!r}, temperature={self.temperature:g}"

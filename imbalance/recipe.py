@@ -12,6 +12,8 @@ Each component is faithful on its own; these rules keep a combination faithful t
   strongly.
 - :func:`unused_user_keys`: a key the user set (on the command line or in a config file, never a
   default) that the chosen methods do not read gets a warning naming it.
+- :func:`check_method_combinations`: batch mixing, SAM/ImbSAM, shift BN, MaxNorm and the
+  prototype classifiers refuse the combinations they cannot run, in one line each.
 """
 from __future__ import annotations
 
@@ -74,9 +76,17 @@ def loss_class_weights(loss: Any, class_counts: Sequence[int]) -> Optional[np.nd
 
 
 def is_prior_based(loss: Any) -> bool:
-    """BalancedSoftmaxLoss / LogitAdjustmentLoss with the training prior (not the sampled one)."""
+    """BalancedSoftmaxLoss / LogitAdjustmentLoss with the training prior (not the sampled one), or
+    VSLoss with an additive term ``tau * log(pi)``, ``tau > 0`` (always the training prior)."""
+    if type(loss).__name__ == "VSLoss":
+        return float(getattr(loss, "tau", 0.0)) > 0
     return type(loss).__name__ in ("BalancedSoftmaxLoss", "LogitAdjustmentLoss") and \
         getattr(loss, "prior", "train") == "train"
+
+
+def scales_logits_by_class(loss: Any) -> bool:
+    """VSLoss / CDTLoss with ``gamma > 0``: logits divided by ``(n_max / n_c)^gamma`` in training."""
+    return type(loss).__name__ in ("VSLoss", "CDTLoss") and float(getattr(loss, "vs_gamma", 0.0)) > 0
 
 
 def sampler_rebalances(sampler: Any, class_counts: Sequence[int], epochs: int) -> Optional[np.ndarray]:
@@ -120,26 +130,91 @@ def stacked_corrections(*, stage: int, loss: Any, loss_name: str, sampler: Any, 
         return [f"stage {stage}: the re-weighting loss {loss_name} and the re-balancing sampler {sampler_name} "
                 f"stack two corrections of the same imbalance: the rarest class's share of the loss is {span} the "
                 f"most frequent class's (either correction alone gives about 1x, as cRT does); intended?"]
+    section = "loss" if stage == 1 else "stage2"
+    if is_prior_based(loss) and type(loss).__name__ == "VSLoss":
+        return [f"stage {stage}: {loss_name}'s additive term tau * log(prior) ({section}.logit_tau="
+                f"{float(loss.tau):g}) corrects for the training prior, but the sampler {sampler_name} already "
+                f"re-balances the batches; intended? ({section}.logit_tau=0 keeps only its multiplicative part)"]
     if is_prior_based(loss):
         return [f"stage {stage}: {loss_name} corrects for the training prior, but the sampler {sampler_name} already "
-                f"re-balances the batches; set {'loss' if stage == 1 else 'stage2'}.prior=sampled to use the "
+                f"re-balances the batches; set {section}.prior=sampled to use the "
                 f"prior the batches really have (Ren et al. 2020)"]
+    if scales_logits_by_class(loss):
+        return [f"stage {stage}: {loss_name} scales the logits by class counts (class-dependent temperatures), but "
+                f"the sampler {sampler_name} already re-balances the batches: two corrections of the same imbalance; "
+                "intended?"]
     return []
 
 
-def stacked_logit_adjustment(*, head: str, loss_names: Iterable[str], posthoc: bool) -> List[str]:
-    """A logit-adjusted head or prior-corrected loss followed by post-hoc logit adjustment."""
+def stacked_logit_adjustment(*, head: str, loss_names: Iterable[str], posthoc: bool,
+                             logit_taus: Optional[Sequence[float]] = None) -> List[str]:
+    """A logit-adjusted head or prior-corrected loss followed by post-hoc logit adjustment.
+    ``logit_taus`` (parallel to ``loss_names``): each loss's ``logit_tau``; VSLoss corrects for
+    the prior only with a tau > 0 (unknown: assumed)."""
     if not posthoc:
         return []
     msgs = []
     if head == "logit_adjust":
         msgs.append("model.head=logit_adjust already learns the balanced logits (eval mode removes the prior); "
                     "post-hoc logit adjustment subtracts the prior a second time; intended?")
-    for name in loss_names:
-        if _canonical_loss(name) in ("BalancedSoftmaxLoss", "LogitAdjustmentLoss"):
+    names = list(loss_names)
+    taus = list(logit_taus) if logit_taus is not None else [None] * len(names)
+    for name, tau in zip(names, taus):
+        canon = _canonical_loss(name)
+        if canon in ("BalancedSoftmaxLoss", "LogitAdjustmentLoss") or (
+                canon == "VSLoss" and (tau is None or float(tau) > 0)):
             msgs.append(f"{name} already trains logits corrected for the prior; post-hoc logit adjustment "
                         "corrects them a second time; intended?")
     return msgs
+
+
+# ------------------------------------------------------------------- refused combinations
+def stage2_loss_name(loss: str, label_aware_smoothing: bool) -> str:
+    """Stage 2's loss: ``loss``, or LabelAwareSmoothing when ``stage2.label_aware_smoothing`` is on
+    (it replaces the cross-entropy; any other stage-2 loss is a ConfigError)."""
+    if not label_aware_smoothing:
+        return str(loss)
+    if _canonical_loss(loss) not in ("CrossEntropy", "LabelAwareSmoothing"):
+        raise ConfigError(f"stage2.label_aware_smoothing=true makes stage 2's loss LabelAwareSmoothing (a cross-entropy "
+                          f"with per-class smoothing); it cannot replace stage2.loss={loss}: keep stage2.loss="
+                          "CrossEntropy")
+    return "LabelAwareSmoothing"
+
+
+def check_method_combinations(*, mix: str = "none", sam: bool = False, sam_mode: str = "sam",
+                              accumulation_steps: int = 1, stage2_enabled: bool = False, stage2_mode: str = "crt",
+                              shift_bn: bool = False, maxnorm: bool = False,
+                              head: str = "linear", eval_classifier: str = "linear", stage3_mode: str = "none",
+                              posthoc: bool = False) -> None:
+    """Raise a ConfigError (one line) for a combination that cannot run. ``head``: the head the
+    last training stage trains. Runtime-dependent refusals (fp16 GradScaler, DDP with ImbSAM, a
+    loss without per-sample form) are made when the stage is built
+    (:func:`imbalance.stage_extras.make_sam`, :func:`imbalance.mixing.check_loss_compatible`)."""
+    if sam and int(accumulation_steps) > 1:
+        raise ConfigError(f"training.sam.enabled=true takes two forward/backward passes per optimizer step; it does "
+                          f"not combine with training.accumulation_steps={accumulation_steps} (set it to 1)")
+    if sam and sam_mode == "imbsam" and str(mix) != "none":
+        raise ConfigError(f"training.sam.mode=imbsam splits a batch into head and tail samples by their label; a "
+                          f"mixed batch (data.augment.mix.name={mix}) has two labels per sample: use "
+                          "training.sam.mode=sam or no mixing")
+    if stage2_enabled and shift_bn and stage2_mode == "finetune":
+        raise ConfigError("stage2.shift_bn=true lets the BatchNorm statistics of a FROZEN backbone follow the stage-2 "
+                          "batches (MiSLAS); stage2.mode=finetune trains the backbone: use stage2.freeze_bn=false "
+                          "there, or stage2.mode=crt / crt_lws / lws")
+    if stage2_enabled and maxnorm:
+        if stage2_mode == "lws":
+            raise ConfigError("stage2.maxnorm_thresh caps the class norms of the classifier that stage 2 trains; "
+                              "stage2.mode=lws trains per-class scales only: use stage2.mode=crt (weight balancing "
+                              "fine-tunes the classifier: stage2.reinit_classifier=false)")
+        if head in NORMED_HEADS:
+            raise ConfigError(f"stage2.maxnorm_thresh caps the class norms of a linear classifier; the {head} head "
+                              "normalises its class vectors already")
+    if eval_classifier != "linear":
+        if stage3_mode in ("tau_norm", "logit_adjust", "both") or posthoc:
+            what = f"stage3.mode={stage3_mode}" if stage3_mode != "none" else "evaluation.eval_logit_adjust=posthoc"
+            raise ConfigError(f"evaluation.classifier={eval_classifier} scores by distances to training features, "
+                              f"which {what} does not apply to (it adjusts a linear head's weights or logits); use "
+                              "stage3.mode=none (stage3.temperature still works)")
 
 
 # -------------------------------------------------------------------------------- user keys
@@ -179,6 +254,8 @@ LOSS_KEYMAP = {
     "focal_gamma": "gamma", "focal_alpha": "alpha", "cb_beta": "beta", "cb_base": "base",
     "ldam_max_margin": "max_margin", "ldam_scale": "scale", "ldam_drw_start": "drw_start",
     "logit_tau": "tau", "cost_strategy": "cost_strategy", "cost_matrix": "cost_matrix", "prior": "prior",
+    "vs_gamma": "vs_gamma", "cdt_gamma": "cdt_gamma", "las_smooth_head": "smooth_head",
+    "las_smooth_tail": "smooth_tail", "las_shape": "shape", "las_power": "power",
 }
 
 
@@ -223,6 +300,12 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
     out: List[Tuple[str, str]] = []
     s1_loss = cfg.loss.name
     s2 = cfg.stage2
+    try:
+        s2_loss = stage2_loss_name(s2.loss, bool(s2.get("label_aware_smoothing", False)))
+    except ConfigError:
+        s2_loss = s2.loss
+    mix = cfg.data.augment.mix
+    sam = cfg.training.sam
     parts = (cfg.loss.params or {}).get("losses") if hasattr(cfg.loss, "params") else None
 
     def sampler_name(name: str) -> str:
@@ -233,14 +316,14 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
         why = None
         if sect == "loss" and leaf in LOSS_KEYMAP:
             kw = LOSS_KEYMAP[leaf]
-            s2_inherits = bool(s2.enabled) and s2.get(leaf, None) is None and loss_reads(s2.loss, kw, parts)
+            s2_inherits = bool(s2.enabled) and s2.get(leaf, None) is None and loss_reads(s2_loss, kw, parts)
             if not loss_reads(s1_loss, kw, parts) and not s2_inherits:
-                why = f"{s1_loss} has no {kw!r}" + (f" and stage 2's {s2.loss} does not inherit it" if s2.enabled else "")
+                why = f"{s1_loss} has no {kw!r}" + (f" and stage 2's {s2_loss} does not inherit it" if s2.enabled else "")
         elif sect == "stage2" and leaf and not s2.enabled and leaf != "enabled":
             why = "stage 2 is disabled (stage2.enabled=false)"
         elif sect == "stage2" and leaf in LOSS_KEYMAP:
-            if not loss_reads(s2.loss, LOSS_KEYMAP[leaf], parts if s2.loss == s1_loss else None):
-                why = f"stage 2's loss {s2.loss} has no {LOSS_KEYMAP[leaf]!r}"
+            if not loss_reads(s2_loss, LOSS_KEYMAP[leaf], parts if s2_loss == s1_loss else None):
+                why = f"stage 2's loss {s2_loss} has no {LOSS_KEYMAP[leaf]!r}"
         elif sect in ("sampling", "stage2") and leaf in _SAMPLER_KEYS:
             name = sampler_name(cfg.sampling.name if sect == "sampling" else s2.sampler)
             if name not in _SAMPLER_KEYS[leaf]:
@@ -251,10 +334,23 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
             why = f"training.optimizer={cfg.training.optimizer} has no momentum"
         elif key == "stage2.momentum" and str(s2.optimizer).lower() != "sgd":
             why = f"stage2.optimizer={s2.optimizer} has no momentum"
-        elif key == "stage2.clf_lr_mult" and s2.mode != "finetune":
-            why = f"only stage2.mode=finetune uses it (mode is {s2.mode})"
-        elif key in ("stage2.reinit_classifier",) and s2.mode != "crt":
-            why = f"only stage2.mode=crt uses it (mode is {s2.mode})"
+        elif key == "stage2.clf_lr_mult" and s2.mode not in ("finetune", "crt_lws"):
+            why = f"only stage2.mode=finetune / crt_lws use it (mode is {s2.mode})"
+        elif key in ("stage2.reinit_classifier",) and s2.mode not in ("crt", "crt_lws"):
+            why = f"only stage2.mode=crt / crt_lws use it (mode is {s2.mode})"
+        elif key == "stage2.maxnorm_every" and s2.maxnorm_thresh is None:
+            why = "stage2.maxnorm_thresh is null (MaxNorm is off)"
+        elif key == "data.augment.mix" or key.startswith("data.augment.mix."):
+            why = _unused_mix_key(leaf.split(".", 2)[-1], mix, bool(s2.enabled))
+        elif key.startswith("training.sam.") and key != "training.sam.enabled":
+            if not sam.enabled:
+                why = "training.sam.enabled is false"
+            elif key in ("training.sam.tail_thresh", "training.sam.tail_weight") and sam.mode != "imbsam":
+                why = f"only training.sam.mode=imbsam uses it (mode is {sam.mode})"
+        elif key.startswith("evaluation.classifier_params.") and cfg.evaluation.classifier == "linear":
+            why = "evaluation.classifier=linear (the model's head) has no options"
+        elif key == "model.classifier_bias" and resolve_head(cfg.model.head, s1_loss) in NORMED_HEADS:
+            why = "the normalised (cosine) head has no bias"
         elif key == "stage3.tau_norm" and cfg.stage3.mode not in ("tau_norm", "both"):
             why = f"stage3.mode={cfg.stage3.mode} does not tau-normalise"
         elif key == "stage3.logit_tau" and cfg.stage3.mode not in ("logit_adjust", "both"):
@@ -300,6 +396,17 @@ def _incremental_unused(cfg: Any, leaf: str) -> Optional[str]:
         return f"incremental.method={inc.method} does not use it"
     if leaf == "allow_seen_classes" and cfg.data.path_train is None:
         return "the built-in data's sessions never share classes"
+    return None
+
+
+def _unused_mix_key(leaf: str, mix: Any, stage2_enabled: bool) -> Optional[str]:
+    name = str(mix.name)
+    if name == "none":
+        return "data.augment.mix.name=none (no batch mixing)"
+    if leaf in ("kappa", "tau") and name != "remix":
+        return f"only data.augment.mix.name=remix uses it (the mix is {name})"
+    if leaf == "stage2" and not stage2_enabled:
+        return "stage 2 is disabled (stage2.enabled=false)"
     return None
 
 

@@ -7,6 +7,10 @@ Modes (registry ``STAGE2_MODES``):
   ``lr * clf_lr_mult``; BatchNorm statistics frozen or not (``freeze_bn``).
 - ``lws``: learnable weight scaling. Everything is frozen except one scale per class,
   ``z_c = s_c * (w_c . f + b_c)``, initialised to 1.
+- ``crt_lws``: MiSLAS's stage 2 (Zhong et al. 2021, official dvlab-research/MiSLAS,
+  ``train_stage2.py``): the backbone frozen, the classifier (kept from stage 1 unless
+  ``reinit_classifier``) trained at ``lr * clf_lr_mult`` (the official ``lr_factor``) together
+  with LWS scales at ``lr``, in that parameter-group order as the official optimizer.
 
 A mode returns a :class:`Stage2Plan`: which module trains, its parameter groups, how to set train
 mode each epoch, and whether the backbone is frozen (then features can be computed once).
@@ -102,6 +106,17 @@ def plan_lws(model: nn.Module, *, lr: float, num_classes: int, **_: Any) -> Stag
         unwrap(m).eval()
 
     return Stage2Plan([{"params": [net.classifier.scales], "lr": lr}], set_train_mode, frozen_backbone=True)
+
+
+@STAGE2_MODES.register("crt_lws")
+def plan_crt_lws(model: nn.Module, *, lr: float, num_classes: int, clf_lr_mult: float = 1.0, freeze_bn: bool = True,
+                 reinit_classifier: bool = False, **_: Any) -> Stage2Plan:
+    net = unwrap(model)
+    base = plan_crt(model, lr=lr * clf_lr_mult, freeze_bn=freeze_bn, reinit_classifier=reinit_classifier)
+    if not isinstance(net.classifier, LWSClassifier):
+        net.classifier = LWSClassifier(net.classifier, num_classes).to(next(net.classifier.parameters()).device)
+    groups = base.param_groups + [{"params": [net.classifier.scales], "lr": lr}]
+    return Stage2Plan(groups, base.set_train_mode, frozen_backbone=True)
 
 
 def make_stage2_plan(mode: str, model: nn.Module, **kwargs: Any) -> Stage2Plan:

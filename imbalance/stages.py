@@ -26,7 +26,8 @@ from .run_folder import MetricsWriter, RunFolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunContext", "run_stage", "run_stage1", "run_stage2", "run_stage3", "cached_features", "plain_ce"]
+__all__ = ["RunContext", "run_stage", "run_stage1", "run_stage2", "run_stage3", "cached_features", "plain_ce",
+           "fit_prototype_classifier"]
 
 
 @dataclass
@@ -79,6 +80,8 @@ def _restore_stage(ctx: RunContext, stage: int, plan: StagePlan) -> Tuple[int, O
                               f"({str(err).splitlines()[0][:160]})") from None
     plan.schedule.load_state_dict(state["schedule"])
     plan.early_stopping.load_state_dict(state["early_stopping"])
+    if plan.extras is not None:
+        plan.extras.load_state_dict(state.get("extras") or {})
     if ctx.precision.scaler is not None and state.get("scaler"):
         ctx.precision.scaler.load_state_dict(state["scaler"])
     best = best_state_for(point, stage) if plan.early_stopping.best is not None else None
@@ -95,11 +98,12 @@ def _restore_stage(ctx: RunContext, stage: int, plan: StagePlan) -> Tuple[int, O
 def _checkpointer(ctx: RunContext, plan: StagePlan, previous: Dict[str, Any]) -> Optional[StageCheckpointer]:
     if not ctx.is_main:
         return None
-    sampler, loss_fn = plan.sampler, plan.loss_fn
+    sampler, loss_fn, extras = plan.sampler, plan.loss_fn, plan.extras
 
     def extra() -> Dict[str, Any]:
         return {"sampler_epoch": getattr(sampler, "epoch", None), "loss_epoch": getattr(loss_fn, "epoch", None),
-                "config": ctx.config, "previous_stages": dict(previous), "world_size": D.current().world_size}
+                "config": ctx.config, "previous_stages": dict(previous), "world_size": D.current().world_size,
+                "extras": extras.state_dict() if extras is not None else {}}
 
     return StageCheckpointer(ctx.folder.checkpoints, plan.stage, extra)
 
@@ -123,7 +127,8 @@ def run_stage(ctx: RunContext, plan: StagePlan, *, trainee: nn.Module, train_loa
               global_epoch_offset=offset, console_log_interval=ctx.console_log_interval,
               progress_bar=ctx.progress if progress is None else progress, save_module=ctx.model,
               skip_nonfinite=plan.skip_nonfinite, start_epoch=start, best_state=best, on_batch_end=hook,
-              val_loss_fn=plain_ce(), restore_best=plan.restore_best, on_epoch_end=ctx.on_epoch_end)
+              val_loss_fn=plain_ce(), restore_best=plan.restore_best, on_epoch_end=ctx.on_epoch_end,
+              extras=plan.extras)
     ctx.global_epoch += res.epochs_run
     if not plan.restore_best:
         log.info("stage %d: keeping the last epoch's weights (checkpoint_select=last)", plan.stage)
@@ -171,6 +176,19 @@ def run_stage2(ctx: RunContext, plan: StagePlan, stage1: Optional[Dict[str, Any]
     for p in ctx.model.parameters():
         p.requires_grad_(False)
     return res
+
+
+@torch.no_grad()
+def fit_prototype_classifier(ctx: RunContext, classifier: nn.Module, batch_size: int) -> None:
+    """Replace the model's classifier by ``classifier`` (NCM / kNN, :mod:`imbalance.prototypes`)
+    fitted on the features of every training sample (eval mode, no augmentation, no re-sampling:
+    the official ``train_plain`` loader); evaluation then reports its scores like logits."""
+    t0 = time.perf_counter()
+    train = cached_features(ctx, ctx.data.train, batch_size)
+    net = ctx.net
+    net.classifier = classifier.fit(train.x, train.y, ctx.data.num_classes).to(ctx.device).eval()
+    log.info("evaluation classifier: %r fitted on %d training features (%.1fs); stage 3 and the metrics use it",
+             classifier, len(train), time.perf_counter() - t0)
 
 
 @torch.no_grad()

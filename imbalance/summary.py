@@ -482,6 +482,8 @@ def describe_config(flat: dict[str, Any]) -> dict[str, Any]:
     s2 = _truthy(flat.get("stage2.enabled", False))
     s2_mode = _name(flat.get("stage2.mode"), "crt") if s2 else "-"
     s2_loss = _name(flat.get("stage2.loss"), "CrossEntropy") if s2 else "-"
+    if s2 and _truthy(flat.get("stage2.label_aware_smoothing", False)):
+        s2_loss = "LabelAwareSmoothing"
     s2_sampler = _name(flat.get("stage2.sampler"), "none") if s2 else "-"
     s3_mode = _name(flat.get("stage3.mode"), "none")
     posthoc = _name(flat.get("evaluation.eval_logit_adjust"), "none")
@@ -500,8 +502,27 @@ def describe_config(flat: dict[str, Any]) -> dict[str, Any]:
         "stage1_loss": s1_loss, "stage1_sampler": s1_sampler,
         "stage2_enabled": s2, "stage2_mode": s2_mode, "stage2_loss": s2_loss,
         "stage2_sampler": s2_sampler, "stage3_mode": s3_mode, "posthoc": posthoc,
-        "model": _name(flat.get("model.name"), "?"), "type": kind,
+        "model": _name(flat.get("model.name"), "?"), "type": kind, "extras": _extras(flat, s2),
     }
+
+
+def _extras(flat: dict[str, Any], s2: bool) -> str:
+    """Short tags of the additions a label shows: batch mixing, SAM/ImbSAM, MaxNorm, shift BN,
+    the evaluation classifier (empty: none)."""
+    tags = []
+    mix = _name(flat.get("data.augment.mix.name"), "none")
+    if not _is_none(mix):
+        tags.append(f"mix:{mix}")
+    if _truthy(flat.get("training.sam.enabled", False)):
+        tags.append(_name(flat.get("training.sam.mode"), "sam"))
+    if s2 and flat.get("stage2.maxnorm_thresh") is not None:
+        tags.append("maxnorm")
+    if s2 and _truthy(flat.get("stage2.shift_bn", False)):
+        tags.append("shift_bn")
+    clf = _name(flat.get("evaluation.classifier"), "linear")
+    if clf != "linear":
+        tags.append(f"eval:{clf}")
+    return " + ".join(tags)
 
 
 def _label(desc: dict[str, Any], with_model: bool) -> str:
@@ -512,6 +533,8 @@ def _label(desc: dict[str, Any], with_model: bool) -> str:
         s += f" -> s3:{desc['stage3_mode']}"
     if desc["posthoc"].lower() == "posthoc":
         s += " (posthoc)"
+    if desc.get("extras"):
+        s += f" + {desc['extras']}"
     if with_model:
         s += f" @{desc['model']}"
     return s
