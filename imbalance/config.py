@@ -99,12 +99,22 @@ class ModelConfig:
     gate_hidden: Optional[int] = None  # mixtures
     gate_dropout: Optional[float] = None  # mixtures
     load_balance_weight: Optional[float] = None  # mixtures: weight of the gate-entropy regulariser
+    patch_length: Optional[int] = None  # SignalTransformer: samples per patch (16)
+    patch_stride: Optional[int] = None  # SignalTransformer: samples between patches (null: patch_length)
+    stem_layers: Optional[int] = None  # ConvTransformer: stride-2 conv blocks before the encoder (4)
+    stem_kernel: Optional[int] = None  # ConvTransformer: their kernel (7)
+    positions: Optional[str] = None  # transformers: learnable / sinusoidal
+    pooling: Optional[str] = None  # transformers: mean / cls
+    num_heads: Optional[int] = None  # transformers: attention heads (null: width // 32)
+    mlp_ratio: Optional[float] = None  # transformers: MLP width / model width (4)
+    num_positions: Optional[int] = None  # transformers: learned positions before interpolation (512)
     params: Dict[str, Any] = field(default_factory=dict)  # further model keywords (checked before data loads)
 
 
 #: ModelConfig fields that are model-specific options (passed to the model when not null).
 MODEL_OPTION_KEYS = ("kernel_size", "blocks_per_stage", "spectral_mode", "spectral_window", "complex_iq", "experts",
-                     "gate_hidden", "gate_dropout", "load_balance_weight")
+                     "gate_hidden", "gate_dropout", "load_balance_weight", "patch_length", "patch_stride",
+                     "stem_layers", "stem_kernel", "positions", "pooling", "num_heads", "mlp_ratio", "num_positions")
 
 
 @dataclass
