@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -54,6 +55,7 @@ def check_names(cfg: DictConfig) -> None:
     if cfg.stage2.enabled:
         stage2_head(cfg)
     model_options_from(cfg)
+    distill_options(cfg)  # a missing teacher run fails before any data is read
 
 
 def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
@@ -536,6 +538,19 @@ def build_stage3(cfg: DictConfig) -> Stage3Plan:
         posthoc=cfg.evaluation.eval_logit_adjust == "posthoc",
         eval_logit_tau=parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0),
         temperature=parse_temperature(cfg.stage3.temperature), eval_batch_size=cfg_eval_batch(cfg))
+
+
+def distill_options(cfg: DictConfig) -> Dict[str, Any]:
+    """The ``distill:`` section as keyword arguments of :func:`imbalance.distill.distillation` and
+    :func:`imbalance.distill.distill_record` (``teacher`` None: no distillation). The teacher path is
+    resolved against the start folder and must exist."""
+    d = cfg.distill
+    teacher = resolve_path(d.teacher)
+    if teacher is not None and not os.path.exists(teacher):
+        raise ConfigError(f"distill.teacher={d.teacher}: not found; give a finished run folder (experiments/<run>) "
+                          "or its checkpoints/final.pt")
+    return dict(teacher=teacher, method=str(d.method), temperature=float(d.temperature), alpha=float(d.alpha),
+                bkd_beta=float(d.bkd_beta), bkd_start=int(d.bkd_start), cache=bool(d.cache))
 
 
 def build_analyzer(cfg: DictConfig, class_counts: Sequence[int]) -> Any:

@@ -271,6 +271,19 @@ class VisualizationConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation in stage 1 (imbalance.distill): a finished run's final model teaches this one."""
+
+    teacher: Optional[str] = None  # a finished run folder (or its checkpoints/final.pt); null: no distillation
+    method: str = "kd"  # kd (Hinton et al. 2015) / bkd (balanced KD, Zhang et al. 2021)
+    temperature: float = 2.0
+    alpha: float = 1.0  # loss = stage-1 loss + alpha * T^2 * KL(teacher || student)
+    bkd_beta: float = 0.9999  # bkd: effective-number class weights on the teacher's soft targets
+    bkd_start: int = 0  # bkd: first epoch (0-based) with the class weights; plain KD before
+    cache: bool = False  # teacher logits computed once per training sample (exact only without augmentation)
+
+
+@dataclass
 class Config:
     exp_name: str = "demo"
     seed: int = 42
@@ -297,6 +310,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def with_schema(cfg: Any) -> Any:
@@ -371,6 +385,7 @@ _CHOICES = {
     "mode": ("train", "eval"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
+    "distill.method": ("kd", "bkd"),
 }
 
 
@@ -470,5 +485,13 @@ def validate(cfg: Any) -> None:
     parse_tau(cfg.stage3.logit_tau, "stage3.logit_tau", 3.0)
     parse_temperature(cfg.stage3.temperature)
     parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0)
+    d = cfg.distill
+    if not (math.isfinite(float(d.temperature)) and float(d.temperature) > 0):
+        raise ConfigError(f"distill.temperature={d.temperature} must be a number > 0")
+    if not (math.isfinite(float(d.alpha)) and float(d.alpha) >= 0):
+        raise ConfigError(f"distill.alpha={d.alpha} must be a number >= 0")
+    if not 0.0 <= float(d.bkd_beta) < 1.0:
+        raise ConfigError(f"distill.bkd_beta={d.bkd_beta} is out of range; it must be in [0, 1)")
+    positive_int("distill.bkd_start", 0)
     if cfg.mode == "eval" and not cfg.resume:
         raise ConfigError("mode=eval needs resume=<run folder or checkpoint> naming the trained model")

@@ -253,9 +253,23 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
         elif key in ("early_stopping.patience", "early_stopping.min_delta", "early_stopping.min_epochs") and \
                 not cfg.early_stopping.enabled:
             why = "early_stopping.enabled is false"
+        elif sect == "distill" and leaf != "teacher" and not cfg.distill.teacher:
+            why = "distill.teacher is null (no distillation)"
+        elif key in ("distill.bkd_beta", "distill.bkd_start") and cfg.distill.method != "bkd":
+            why = f"only distill.method=bkd uses it (method is {cfg.distill.method})"
+        elif sect == "model" and leaf in _model_ignores(cfg.model.name):
+            why = f"{cfg.model.name} does not use it"
         if why:
             out.append((key, why))
     return out
+
+
+def _model_ignores(name: str) -> Tuple[str, ...]:
+    """create_model's common options that model ``name`` does not read (its
+    ``unused_common_options``, e.g. the attention models' use_attention and norm_kind)."""
+    from .models import MODELS
+
+    return tuple(getattr(MODELS.get(str(name)), "unused_common_options", ()))
 
 
 def warn_unused_user_keys(cfg: Any, overrides: Sequence[str] = ()) -> List[str]:
