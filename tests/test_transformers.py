@@ -246,3 +246,21 @@ def test_bf16_autocast_with_padding_is_finite(name):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 2, 64), lengths=torch.tensor([64, 20]))
     assert torch.isfinite(out.float()).all()
+
+
+def test_a_run_with_a_transformer_through_lws_tau_norm_and_the_rebuilt_model(run_tiny):
+    # stage 2 LWS on the attention features, stage 3 tau-norm + logit adjustment; final.pt rebuilds it
+    import json
+
+    from imbalance.evaluate import load_trained_model
+
+    rdir, _ = run_tiny("model.name=ConvTransformer", "model.width=16", "model.positions=sinusoidal",
+                       "model.pooling=cls", "stage2.mode=lws", "stage3.mode=both", name="ct")
+    res = json.loads((rdir / "results" / "results.json").read_text())
+    assert {"stage1", "stage2", "stage3", "final"} <= set(res["metrics"])
+    assert res["model_info"]["name"] == "ConvTransformer" and res["model_info"]["flops_per_sample"] > 0
+    model, info = load_trained_model(rdir)
+    assert model.trunk.pooling == "cls" and model.trunk.positions == "sinusoidal"
+    with torch.no_grad():
+        out = model(torch.randn(3, info.num_channels, info.length))
+    assert out.shape == (3, info.num_classes)
