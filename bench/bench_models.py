@@ -6,7 +6,9 @@
     python bench/bench_models.py --quick --no-bf16 --models ConvNetADSB ConvNetSE
 
 Covers every registered model: the seven origin networks (``create_model`` defaults =
-ORIGIN_MODELS.md) and the variants (ConvNetSE, this project's earlier ConvNetADSB). Demo size:
+ORIGIN_MODELS.md), the variants (ConvNetSE, this project's earlier ConvNetADSB) and the attention
+models (SignalTransformer, ConvTransformer: demo size "tiny", 64 wide, 2 blocks; full size
+"base", 256 wide, 6 blocks). Demo size:
 the width/depth of ``DEMO_KW`` (what the CPU demo config uses for ConvNet-style models:
 width 32, depth 4; ResNet-style: width 16, depth 3), 10 classes by default.
 
@@ -38,6 +40,8 @@ DEMO_KW = {
     "ResNetFrequencyExpert": dict(width=16, depth=3),
     "MixtureOfExpertsConvNet": dict(width=32, depth=4),
     "MixtureOfExpertsResNet": dict(width=16, depth=3),
+    "SignalTransformer": dict(width=64, depth=2),  # the "tiny" size (transformers.py)
+    "ConvTransformer": dict(width=64, depth=2),
 }
 SIZES = {"demo": dict(batch=128, length=1024), "full": dict(batch=64, length=4800)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -76,6 +77,7 @@ def check_names(cfg: DictConfig) -> None:
         stage2_mode=str(s2.mode), shift_bn=bool(s2.shift_bn), maxnorm=s2.maxnorm_thresh is not None,
         head=(stage2_head(cfg) or head) if s2.enabled else head, eval_classifier=str(cfg.evaluation.classifier),
         stage3_mode=str(cfg.stage3.mode), posthoc=cfg.evaluation.eval_logit_adjust == "posthoc")
+    distill_options(cfg)  # a missing teacher run fails before any data is read
 
 
 def stage2_loss_name(cfg: DictConfig) -> str:
@@ -130,6 +132,7 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
 
 def build_data(cfg: DictConfig) -> DataBundle:
     from . import data as D
@@ -232,6 +235,7 @@ def open_set_data(cfg: DictConfig, bundle: DataBundle, *, builtin_unknown: Any, 
     bundle.train_pool = None  # it holds the held-out classes: nothing may read it
     return bundle
 
+
 def build_augmentation(cfg: DictConfig) -> Any:
     from .data import build_augmentation as build
 
@@ -276,6 +280,7 @@ def build_eval_classifier(cfg: DictConfig) -> Optional[nn.Module]:
     return None if e.classifier == "linear" else create_prototype_classifier(
         str(e.classifier), **(OmegaConf.to_container(e.classifier_params, resolve=True) or {}))
 
+
 def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[str]]:
     names = cfg.visualization.class_names
     if names is None:
@@ -284,6 +289,7 @@ def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[st
     if len(names) != len(classes):
         raise ConfigError(f"visualization.class_names has {len(names)} names but the data has {len(classes)} classes")
     return names
+
 
 def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devices: int = 1) -> nn.Module:
     from .models import create_model, init_model_for_imbalanced, swap_classifier
@@ -311,6 +317,7 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
                                   use_log_prior_bias=bool(m.log_prior_bias), temperature=float(m.init_temperature))
     return model.to(device)
 
+
 def stage2_head(cfg: DictConfig) -> Optional[str]:
     """The head stage 2 swaps in, or None: with ``model.head=auto`` and an LDAM stage-2 loss, cRT
     re-initialises the classifier as the normalised head LDAM needs. Fine-tuning and LWS keep the
@@ -327,6 +334,7 @@ def stage2_head(cfg: DictConfig) -> Optional[str]:
                       f"stage-1 head ({stage1_head}); use stage2.mode=crt with model.head=auto, or "
                       "model.head=cosine_ldam")
 
+
 def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 0.0,
                 total_epochs: int = 1) -> Dict[str, Any]:
     """Keyword arguments for ``create_loss`` from a config section (stage 2's null values fall
@@ -341,6 +349,7 @@ def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 
     out["label_smoothing"] = float(label_smoothing)
     out["total_epochs"] = int(total_epochs)
     return out
+
 
 def adapt_loss_to_head(name: str, mapped: Dict[str, Any], head: Optional[nn.Module]) -> Dict[str, Any]:
     """LDAM on a cosine head (Cao et al. 2019: ``s * (cos - m_y)``): the head already multiplies
@@ -363,6 +372,7 @@ def adapt_loss_to_head(name: str, mapped: Dict[str, Any], head: Optional[nn.Modu
     log.info("LDAMLoss on the cosine head: loss = CE(%g * (cos - m_y)), margins up to %g", s,
              float(mapped.get("max_margin", 0.5)))
     return out
+
 
 def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
                explicit: Optional[Dict[str, Any]] = None, head: Optional[nn.Module] = None, *,
@@ -401,6 +411,7 @@ def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
                  "per epoch" if sampler is not None else "no sampler: the training prior")
     return create_loss(name, class_counts=list(map(int, class_counts)), **kwargs)
 
+
 def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Module] = None,
                 sampler: Any = None) -> nn.Module:
     s2 = cfg.stage2
@@ -411,6 +422,7 @@ def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Mod
     key = "stage2.label_smoothing" if s2.label_smoothing is not None else "training.label_smoothing (inherited by stage 2)"
     return build_loss(name, class_counts, mapped, explicit, head=head, sampler=sampler, epochs=int(s2.epochs),
                       smoothing_key=key, prior_key="stage2.prior")
+
 
 def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
                   total_epochs: int, seed: int, num_classes: int, shard: bool = True,
@@ -425,6 +437,7 @@ def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: f
     return make_sampler(np.asarray(labels), name, alpha=float(alpha), alpha_start=float(alpha_start),
                         alpha_end=float(alpha_end), total_epochs=int(total_epochs), seed=int(seed),
                         num_classes=int(num_classes), num_replicas=replicas, rank=rank, **extra)
+
 
 def make_loader(ds: Any, batch_size: int, device: torch.device, cfg: DictConfig, *, train: bool = False,
                 sampler: Any = None, augment: Any = None, seed: int = 0, shard: bool = True) -> BatchLoader:
@@ -463,10 +476,12 @@ def progress_enabled(setting: Any) -> bool:
         return sys.stderr.isatty()
     return s == "true"
 
+
 def plain_ce() -> nn.Module:
     """The validation loss of every stage (``monitor=val_loss``): plain cross-entropy, whatever the
     training loss (whose definition may change during training, e.g. at a DRW switch)."""
     return nn.CrossEntropyLoss()
+
 
 def stage_min_epochs(setting: Any, *, stage: int, epochs: int, warmup: int, loss_fn: Any,
                      sampler_name: str, sampler: Any = None) -> int:
@@ -491,9 +506,11 @@ def stage_min_epochs(setting: Any, *, stage: int, epochs: int, warmup: int, loss
         log.info("stage %d: early-stopping patience counts after epoch %d (%s)", stage, value, why)
     return max(0, value)
 
+
 def stage1_checkpoint_name(cfg: DictConfig) -> str:
     """The stage-1 checkpoint that stage 2 starts from (``training.checkpoint_select``)."""
     return f"stage1_{cfg.training.checkpoint_select}.pt"
+
 
 def cfg_eval_batch(cfg: DictConfig) -> int:
     return int(cfg.evaluation.batch_size)
@@ -681,6 +698,19 @@ def build_stage3(cfg: DictConfig) -> Stage3Plan:
         temperature=parse_temperature(cfg.stage3.temperature), eval_batch_size=cfg_eval_batch(cfg))
 
 
+def distill_options(cfg: DictConfig) -> Dict[str, Any]:
+    """The ``distill:`` section as keyword arguments of :func:`imbalance.distill.distillation` and
+    :func:`imbalance.distill.distill_record` (``teacher`` None: no distillation). The teacher path is
+    resolved against the start folder and must exist."""
+    d = cfg.distill
+    teacher = resolve_path(d.teacher)
+    if teacher is not None and not os.path.exists(teacher):
+        raise ConfigError(f"distill.teacher={d.teacher}: not found; give a finished run folder (experiments/<run>) "
+                          "or its checkpoints/final.pt")
+    return dict(teacher=teacher, method=str(d.method), temperature=float(d.temperature), alpha=float(d.alpha),
+                bkd_beta=float(d.bkd_beta), bkd_start=int(d.bkd_start), cache=bool(d.cache))
+
+
 def build_analyzer(cfg: DictConfig, class_counts: Sequence[int]) -> Any:
     """The metric analyzer (``experiment:`` grouping thresholds, from the TRAINING counts)."""
     from .analysis import ClassificationAnalyzer
@@ -700,6 +730,8 @@ def build_run_logger(cfg: DictConfig, *, main_process: bool = True) -> Any:
         return null_logger()
     section = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else {}
     return make_loggers(list(section), section, base_dir=original_cwd())
+
+
 def openset_detectors(cfg: DictConfig) -> tuple:
     """``(detector names or None, params, threshold)`` of ``openset:``, checked before any data is read."""
     from .openset import build_detectors

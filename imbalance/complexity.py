@@ -6,7 +6,24 @@ from typing import Dict
 import torch
 from torch import nn
 
-__all__ = ["model_complexity", "format_complexity"]
+__all__ = ["model_complexity", "format_complexity", "register_cpu_attention_flops"]
+
+
+def register_cpu_attention_flops() -> None:
+    """Count ``scaled_dot_product_attention`` on the CPU too: torch's flop counter knows the CUDA
+    kernels (flash, efficient, cuDNN) but not the CPU flash kernel, so attention models would lose
+    their ``Q K^T`` and ``A V`` products (``4 B H N^2 d`` FLOPs, torch's ``sdpa_flop_count``).
+    Idempotent."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    def sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    flop_counter.register_flop_formula(op)(sdpa_cpu_flop)
 
 
 def model_complexity(model: nn.Module, in_channels: int, length: int) -> Dict[str, int]:
@@ -14,9 +31,12 @@ def model_complexity(model: nn.Module, in_channels: int, length: int) -> Dict[st
 
     FLOPs from ``torch.utils.flop_counter.FlopCounterMode`` on a batch of 1 in eval mode:
     convolutions and matrix products counted as 2 FLOPs per multiply-add; element-wise ops,
-    normalisation, pooling and FFTs are not counted (they are a few percent at most).
+    normalisation, pooling and FFTs are not counted (they are a few percent at most). Attention
+    (``scaled_dot_product_attention``) counts its two matrix products on every device.
     """
     from torch.utils.flop_counter import FlopCounterMode
+
+    register_cpu_attention_flops()
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

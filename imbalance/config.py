@@ -116,13 +116,23 @@ class ModelConfig:
     gate_hidden: Optional[int] = None  # mixtures
     gate_dropout: Optional[float] = None  # mixtures
     load_balance_weight: Optional[float] = None  # mixtures: weight of the gate-entropy regulariser
+    patch_length: Optional[int] = None  # SignalTransformer: samples per patch (16)
+    patch_stride: Optional[int] = None  # SignalTransformer: samples between patches (null: patch_length)
+    stem_layers: Optional[int] = None  # ConvTransformer: stride-2 conv blocks before the encoder (4)
+    stem_kernel: Optional[int] = None  # ConvTransformer: their kernel (7)
+    positions: Optional[str] = None  # transformers: learnable / sinusoidal
+    pooling: Optional[str] = None  # transformers: mean / cls
+    num_heads: Optional[int] = None  # transformers: attention heads (null: width // 32)
+    mlp_ratio: Optional[float] = None  # transformers: MLP width / model width (4)
+    num_positions: Optional[int] = None  # transformers: learned positions before interpolation (512)
     params: Dict[str, Any] = field(default_factory=dict)  # further model keywords (checked before data loads)
     classifier_bias: bool = True  # false: a bias-free classifier head (tau-norm, weight balancing)
 
 
 #: ModelConfig fields that are model-specific options (passed to the model when not null).
 MODEL_OPTION_KEYS = ("kernel_size", "blocks_per_stage", "spectral_mode", "spectral_window", "complex_iq", "experts",
-                     "gate_hidden", "gate_dropout", "load_balance_weight")
+                     "gate_hidden", "gate_dropout", "load_balance_weight", "patch_length", "patch_stride",
+                     "stem_layers", "stem_kernel", "positions", "pooling", "num_heads", "mlp_ratio", "num_positions")
 
 
 @dataclass
@@ -345,6 +355,19 @@ class OpenSetConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation in stage 1 (imbalance.distill): a finished run's final model teaches this one."""
+
+    teacher: Optional[str] = None  # a finished run folder (or its checkpoints/final.pt); null: no distillation
+    method: str = "kd"  # kd (Hinton et al. 2015) / bkd (balanced KD, Zhang et al. 2021)
+    temperature: float = 2.0
+    alpha: float = 1.0  # loss = stage-1 loss + alpha * T^2 * KL(teacher || student)
+    bkd_beta: float = 0.9999  # bkd: effective-number class weights on the teacher's soft targets
+    bkd_start: int = 0  # bkd: first epoch (0-based) with the class weights; plain KD before
+    cache: bool = False  # teacher logits computed once per training sample (exact only without augmentation)
+
+
+@dataclass
 class Config:
     exp_name: str = "demo"
     seed: int = 42
@@ -376,6 +399,7 @@ class Config:
     # names a backend and holds its options (checked by the backend). logs/metrics.csv is always written.
     logger: Dict[str, Any] = field(default_factory=dict)
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def with_schema(cfg: Any) -> Any:
@@ -456,6 +480,7 @@ _CHOICES = {
     "training.sam.mode": ("sam", "imbsam"),
     "stage2.maxnorm_every": ("epoch", "step"),
     "evaluation.classifier": ("linear", "ncm", "knn"),
+    "distill.method": ("kd", "bkd"),
 }
 
 
@@ -589,6 +614,14 @@ def validate(cfg: Any) -> None:
         value = _get(cfg, key)
         if value is not None and int(value) < minimum:
             raise ConfigError(f"{key}={value} is out of range; it must be an integer >= {minimum}")
+    d = cfg.distill
+    if not (math.isfinite(float(d.temperature)) and float(d.temperature) > 0):
+        raise ConfigError(f"distill.temperature={d.temperature} must be a number > 0")
+    if not (math.isfinite(float(d.alpha)) and float(d.alpha) >= 0):
+        raise ConfigError(f"distill.alpha={d.alpha} must be a number >= 0")
+    if not 0.0 <= float(d.bkd_beta) < 1.0:
+        raise ConfigError(f"distill.bkd_beta={d.bkd_beta} is out of range; it must be in [0, 1)")
+    positive_int("distill.bkd_start", 0)
     if cfg.mode == "eval" and not cfg.resume:
         raise ConfigError("mode=eval needs resume=<run folder or checkpoint> naming the trained model")
     if cfg.mode == "incremental" and not cfg.resume:

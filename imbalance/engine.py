@@ -40,8 +40,6 @@ from .stage_extras import StageExtras, check_sam_precision, sam_step
 log = logging.getLogger(__name__)
 
 
-
-
 class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or Inf (the message says stage, epoch and batch).
 

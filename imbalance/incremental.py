@@ -296,8 +296,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return teacher
 
 
-
-
 # ============================================================================ new rows, plain heads
 def _xavier_rows(weight: torch.Tensor, bias: Optional[torch.Tensor], num_classes: int) -> None:
     a = math.sqrt(6.0 / (weight.shape[1] + int(num_classes)))

@@ -45,6 +45,7 @@ from torch import nn
 from .errors import ConfigError
 from .heads import CosineMarginClassifier, head_linear
 from .registry import Registry
+from .teacher import BoundTeacherLoss, TeacherHook  # public here too (shared with imbalance.distill)
 
 logger = logging.getLogger(__name__)
 
@@ -65,57 +66,6 @@ __all__ = [
     "clip_weights_",
     "attach_weight_clipping",
 ]
-
-
-class TeacherHook:
-    """Computes the teacher's logits on the very input of every training-mode forward of
-    ``student`` (a forward pre-hook), in eval mode and without gradients; they are in
-    :attr:`logits` until the next forward.  ``remove()`` detaches the hook.
-
-    This is the LwF / iCaRL / WA distillation target: the previous model's output on the same
-    (augmented) input batch.  In eval mode the student's forward does not run the teacher."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
-        self.teacher = teacher
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.logits: Optional[torch.Tensor] = None
-        self._handle = student.register_forward_pre_hook(self._pre_forward)
-
-    def _pre_forward(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if not module.training:
-            return
-        if self.teacher.training:
-            self.teacher.eval()
-        with torch.no_grad():
-            self.logits = self.teacher(args[0]).detach()
-
-    def remove(self) -> None:
-        self._handle.remove()
-        self.logits = None
-
-
-class BoundTeacherLoss(nn.Module):
-    """``forward(logits, targets)`` = ``loss(logits, targets, hook.logits)``: an incremental loss
-    usable where the training loop calls ``criterion(logits, targets)``."""
-
-    def __init__(self, loss: nn.Module, hook: Optional[TeacherHook]) -> None:
-        super().__init__()
-        self.loss = loss
-        self.hook = hook
-
-    def set_epoch(self, epoch: int) -> None:
-        """Pass the epoch on to a scheduled base loss (e.g. LDAM's deferred re-weighting)."""
-        for m in (self.loss, getattr(self.loss, "base_loss", None)):
-            if m is not None and hasattr(m, "set_epoch"):
-                m.set_epoch(epoch)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        t = None if self.hook is None else self.hook.logits
-        if t is not None and t.shape[0] != logits.shape[0]:
-            raise RuntimeError(f"teacher logits are for a batch of {t.shape[0]}, the student's for "
-                               f"{logits.shape[0]}: the student must be called on the batch just before the loss")
-        return self.loss(logits, targets, t)
 
 
 # ============================================================================ losses

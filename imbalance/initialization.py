@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 INITS = Registry("init")
 
 # ----------------------------------------------------------------------------- initialisation
+
+
 def _weight_layers(model: nn.Module):
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Linear)):

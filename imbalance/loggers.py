@@ -102,7 +102,6 @@ def make_loggers(names: Sequence[str] | str, options: Optional[Mapping[str, Mapp
     return CompositeLogger(backends)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # What the run calls (imbalance.pipeline): plain values in
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint, prepare_resume, remove_stale_temporarie
     save_final_model
 from .classifier_chain import describe_chain
 from .config import validate, with_schema
+from .distill import distill_record, distillation
 from .engine import predict
 from .evaluation import evaluate_model, public, save_predictions, write_figures, write_tables
 from .incremental_run import check_memory_budget, keeps_memory
@@ -181,7 +182,9 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         log.info("stage 1: finished before the interruption (%d epochs); its %s weights restored", ctx.global_epoch,
                  cfg.training.checkpoint_select)
     else:
-        r1 = run_stage1(ctx, B.build_stage1(cfg, ctx.data, ctx.model, ctx.device))
+        plan1 = B.build_stage1(cfg, ctx.data, ctx.model, ctx.device)
+        with distillation(ctx, plan1, loss_name=cfg.loss.name, **B.distill_options(cfg)):  # no-op without a teacher
+            r1 = run_stage1(ctx, plan1)
         stage_info["stage1"] = {"epochs_run": r1.epochs_run, "best_epoch": r1.best_epoch, "best_value": r1.best_value}
     timings["stage1"] = time.perf_counter() - t0
     metrics["stage1"] = public(evaluate_model(ctx.model, ctx.test_loader, analyzer, precision=ctx.precision))
@@ -252,6 +255,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
         extra["incremental"] = base_session(cfg, folder, ctx.net, data, final, device=ctx.device)
     if openset is not None:
         extra["openset"] = openset.info
+    if cfg.distill.teacher:
+        extra["distill"] = distill_record(class_counts=data.class_counts.tolist(), **B.distill_options(cfg))
     results = build_results(
         exp_name=cfg.exp_name, run_dir=folder.root, config=ctx.config, class_counts=data.class_counts,
         classes=data.classes, class_names=class_names, metrics=metrics, final=final, calibration=calib,

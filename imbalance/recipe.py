@@ -370,6 +370,12 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
             why = _incremental_unused(cfg, leaf)
         elif key not in ("openset.enabled", "openset") and (sect == "openset" or key in _OPENSET_DATA_KEYS):
             why = _openset_unused(cfg, key)
+        elif sect == "distill" and leaf != "teacher" and not cfg.distill.teacher:
+            why = "distill.teacher is null (no distillation)"
+        elif key in ("distill.bkd_beta", "distill.bkd_start") and cfg.distill.method != "bkd":
+            why = f"only distill.method=bkd uses it (method is {cfg.distill.method})"
+        elif sect == "model" and leaf in _model_ignores(cfg.model.name):
+            why = f"{cfg.model.name} does not use it"
         if why:
             out.append((key, why))
     return out
@@ -408,6 +414,14 @@ def _unused_mix_key(leaf: str, mix: Any, stage2_enabled: bool) -> Optional[str]:
     if leaf == "stage2" and not stage2_enabled:
         return "stage 2 is disabled (stage2.enabled=false)"
     return None
+
+
+def _model_ignores(name: str) -> Tuple[str, ...]:
+    """create_model's common options that model ``name`` does not read (its
+    ``unused_common_options``, e.g. the attention models' use_attention and norm_kind)."""
+    from .models import MODELS
+
+    return tuple(getattr(MODELS.get(str(name)), "unused_common_options", ()))
 
 
 def warn_unused_user_keys(cfg: Any, overrides: Sequence[str] = ()) -> List[str]:

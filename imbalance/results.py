@@ -156,6 +156,13 @@ def summary_text(results: Dict[str, Any]) -> str:
         + (f"stage 2: {s2.get('mode')} with {s2.get('loss')} + {s2.get('sampler')}; " if s2.get("enabled") else "stage 2: off; ")
         + f"stage 3: {cfg.get('stage3', {}).get('mode')}; post-hoc: {cfg.get('evaluation', {}).get('eval_logit_adjust')}"
     )
+    dist = results.get("distill")
+    if isinstance(dist, dict):
+        teacher = dist.get("teacher") or {}
+        tm = teacher.get("metrics") or {}
+        lines.append(f"Distillation: {dist.get('method')} (T {dist.get('temperature')}, alpha {dist.get('alpha')}) from "
+                     f"{teacher.get('run') or teacher.get('checkpoint')} ({teacher.get('model')}; teacher test mAcc "
+                     f"{format_pct(tm.get('macc'))}, few {format_pct(tm.get('few_acc'))})")
     counts = results.get("class_counts", [])
     if counts:
         lines.append(f"Training class counts: {counts} (imbalance ratio {max(counts) / max(min(counts), 1):.1f})")

@@ -326,6 +326,14 @@ def load_run(folder: str | os.PathLike, root: str | os.PathLike | None = None) -
             extra["imbalance_ratio_observed"] = max(cc) / max(min(cc), 1)
         except TypeError:
             pass
+    dist = data.get("distill")
+    if isinstance(dist, dict):  # knowledge distillation: the teacher's run and its final metrics
+        teacher = dist.get("teacher") or {}
+        extra["teacher_run"] = teacher.get("run") or teacher.get("checkpoint")
+        extra["teacher_model"] = teacher.get("model")
+        tm = teacher.get("metrics") or {}
+        for m in ("macc", "few_acc", "hm", "oa"):
+            extra[f"teacher_{m}"] = _as_float(tm.get(m))
     extra["git_commit"] = data.get("git_commit")
     inc = data.get("incremental")
     if isinstance(inc, dict):  # a class-incremental session: its index separates configurations, its parent not
@@ -382,6 +390,8 @@ def incremental_table(runs_df: Any) -> Any:
             row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), v.std()
         rows.append(row)
     return pd.DataFrame(rows, columns=cols).sort_values(["session", "method"], kind="stable").reset_index(drop=True)
+
+
 def _openset_columns(block: Any) -> dict[str, float]:
     """``openset.<detector>.<metric>`` columns of one run's ``metrics.final.openset``."""
     out: dict[str, float] = {}
@@ -496,6 +506,9 @@ def describe_config(flat: dict[str, Any]) -> dict[str, Any]:
         kind = "two-stage: " + ("plain" if kind == "baseline" else kind)
     if calib:
         kind += " + calibration"
+    distill = _name(flat.get("distill.method"), "kd") if flat.get("distill.teacher") else "-"
+    if distill != "-":
+        kind += " + distillation"
     return {
         "loss": s2_loss if s2 else s1_loss,
         "sampler": s2_sampler if s2 else s1_sampler,
@@ -503,6 +516,7 @@ def describe_config(flat: dict[str, Any]) -> dict[str, Any]:
         "stage2_enabled": s2, "stage2_mode": s2_mode, "stage2_loss": s2_loss,
         "stage2_sampler": s2_sampler, "stage3_mode": s3_mode, "posthoc": posthoc,
         "model": _name(flat.get("model.name"), "?"), "type": kind, "extras": _extras(flat, s2),
+        "distill": distill,
     }
 
 
@@ -535,6 +549,8 @@ def _label(desc: dict[str, Any], with_model: bool) -> str:
         s += " (posthoc)"
     if desc.get("extras"):
         s += f" + {desc['extras']}"
+    if desc.get("distill", "-") != "-":
+        s += f" +{desc['distill'].upper()}"
     if with_model:
         s += f" @{desc['model']}"
     return s
@@ -626,7 +642,7 @@ def build_tables(
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     first = g.first()
     info_cols = ["config", "type", "loss", "sampler", "stage1_loss", "stage1_sampler", "stage2_enabled",
-                 "stage2_mode", "stage2_loss", "stage2_sampler", "stage3_mode", "model", "variant"]
+                 "stage2_mode", "stage2_loss", "stage2_sampler", "stage3_mode", "model", "distill", "variant"]
     groups = first[info_cols].copy()
     groups["n"] = g.size()
     groups["seeds"] = g["seed"].agg(lambda s: " ".join(str(x) for x in s))
@@ -720,6 +736,8 @@ def build_tables(
         "incremental_sessions": incremental_table(runs_df),
         **os_tables,
     }
+    if (runs_df["distill"] != "-").any():
+        tables["distillation"] = _distillation_table(groups, gkeys, runs_df)
     return SummaryTables(tables=tables, groups=groups, runs=runs_df, sort_by=sort_by,
                          baseline_note=note, searches=searches or [], select_by=select_by,
                          selected=selected, runs_without_val=runs_without_val)
@@ -744,6 +762,43 @@ def _openset_tables(runs_df: Any, g: Any, groups: Any) -> tuple[dict[str, Any], 
                 groups[col] = groups["config_id"].map(agg[col])
                 added.append(col)
     return tables, added
+
+
+def _distillation_table(groups: Any, gkeys: dict, runs_df: Any) -> Any:
+    """One row per distilled configuration: its teacher (run, model, test metrics from the
+    teacher's results.json), the same configuration without distillation ("alone", when it was
+    run) and the distilled student, as means and stds over seeds."""
+    import pandas as pd
+
+    def without_distill(kept: dict) -> str:
+        return json.dumps(sorted((k, v) for k, v in kept.items() if not k.startswith("distill.")), default=str)
+
+    g = groups.set_index("config_id")
+    alone_of: dict[str, str] = {}
+    for gid, kept in gkeys.items():
+        if not kept.get("distill.teacher"):
+            alone_of.setdefault(without_distill(kept), gid)
+    rows = []
+    for gid in g.index:
+        kept = gkeys[gid]
+        if not kept.get("distill.teacher"):
+            continue
+        sub = runs_df[runs_df["config_id"] == gid]
+        alone = alone_of.get(without_distill(kept))
+        row = {"config": g.loc[gid, "config"], "config_id": gid, "method": kept.get("distill.method"),
+               "temperature": kept.get("distill.temperature"), "alpha": kept.get("distill.alpha"),
+               "teacher_run": kept.get("distill.teacher"),
+               "teacher_model": sub["teacher_model"].dropna().iloc[0] if sub["teacher_model"].notna().any() else None,
+               "n": int(g.loc[gid, "n"]), "alone_config": g.loc[alone, "config"] if alone else None,
+               "alone_n": int(g.loc[alone, "n"]) if alone else 0}
+        for m in ("macc", "few_acc", "hm"):
+            row[f"teacher_{m}"] = float(sub[f"teacher_{m}"].mean())
+            row[f"alone_{m}_mean"] = g.loc[alone, f"{m}_mean"] if alone else math.nan
+            row[f"alone_{m}_std"] = g.loc[alone, f"{m}_std"] if alone else math.nan
+            row[f"student_{m}_mean"] = g.loc[gid, f"{m}_mean"]
+            row[f"student_{m}_std"] = g.loc[gid, f"{m}_std"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _selection_order(groups: Any, select_by: str) -> list[Any]:
@@ -1010,6 +1065,18 @@ def _report(st: SummaryTables, *, root: str, pattern: str | None, skipped: Seque
                          _pct(r["hm_mean"], r["hm_std"], r["n_runs"]),
                          r["selected_config"] if isinstance(r["selected_config"], str) else "– (no validation metrics)"]
                         for _, r in ct.iterrows()]))
+    if "distillation" in st.tables:
+        L += ["", "## Distillation", "", "Each distilled configuration beside its teacher (test figures of the "
+              "teacher's run) and the same configuration trained alone (when it was run); mean ± std over seeds.", ""]
+        L.append(_md_table(["Configuration", "Teacher", "Teacher mAcc", "Teacher Few", "Alone mAcc", "Alone Few",
+                            "Distilled mAcc", "Distilled Few", "n"],
+                           [[r["config"], f"{r['teacher_model']} ({Path(str(r['teacher_run'])).name})",
+                             _pct(r["teacher_macc"]), _pct(r["teacher_few_acc"]),
+                             _pct(r["alone_macc_mean"], r["alone_macc_std"], r["alone_n"]),
+                             _pct(r["alone_few_acc_mean"], r["alone_few_acc_std"], r["alone_n"]),
+                             _pct(r["student_macc_mean"], r["student_macc_std"], r["n"]),
+                             _pct(r["student_few_acc_mean"], r["student_few_acc_std"], r["n"]), r["n"]]
+                            for _, r in st.tables["distillation"].iterrows()]))
     if st.searches:
         L += ["", "## Hyper-parameter searches (Optuna)", ""]
         for s in st.searches:

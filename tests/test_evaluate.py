@@ -140,7 +140,6 @@ def test_label_the_model_never_saw_is_reported_not_remapped(trained, tmp_path):
     assert "99 (20 samples)" in msg and "skip_unknown_classes" in msg and "\n" not in msg
 
 
-
 def test_skip_unknown_classes_keeps_the_known_samples_with_their_own_classes(trained):
     from imbalance.data import ADSBSignalDataset
     from imbalance.evaluate import map_to_model_classes

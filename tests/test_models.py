@@ -27,6 +27,7 @@ SMALL = dict(width=8, depth=2)
 EXPECTED_MODELS = {"ConvNetADSB", "ResNet1D", "DilatedTCN", "FrequencyDomainExpert",
                    "ResNetFrequencyExpert", "MixtureOfExpertsConvNet", "MixtureOfExpertsResNet"}
 MOE = ["MixtureOfExpertsConvNet", "MixtureOfExpertsResNet"]
+ATTENTION_MODELS = {"SignalTransformer", "ConvTransformer"}  # imbalance/transformers.py
 
 
 def small(name, num_classes=5, in_channels=2, **kw):
@@ -37,7 +38,7 @@ def small(name, num_classes=5, in_channels=2, **kw):
 
 
 def test_registry_holds_the_seed_models_the_variant_and_heads():
-    assert EXPECTED_MODELS | {"ConvNetSE"} == set(NAMES)
+    assert EXPECTED_MODELS | {"ConvNetSE"} | ATTENTION_MODELS == set(NAMES)
     assert set(HEADS.names()) == {"linear", "cosine_ldam", "logit_adjust", "temperature"}
     assert set(INITS.names()) == {"balanced_xavier", "xavier", "kaiming", "default"}
 
@@ -583,6 +584,10 @@ def test_norm_kind_auto_and_explicit():
         return {type(m) for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.GroupNorm))}
 
     for name in NAMES:
+        if name in ATTENTION_MODELS:  # LayerNorm only, whatever norm_kind (transformers.py: exact padding)
+            assert "norm_kind" in MODELS.get(name).unused_common_options
+            assert norms(create_model(name, 3, width=32, depth=2, per_device_batch=4)) == set(), name
+            continue
         assert norms(create_model(name, 3, width=32, depth=2, per_device_batch=4)) == {nn.GroupNorm}, name
         assert norms(create_model(name, 3, width=32, depth=2, per_device_batch=64)) == {nn.BatchNorm1d}, name
     ln = create_model("ConvNetSE", 3, width=32, depth=2, norm_kind="ln")
@@ -725,7 +730,6 @@ def test_swap_keeps_options_and_feature_dim():
     assert head.margins.max().item() == pytest.approx(0.3)
     swap_classifier(model, "logit_adjust", class_counts=COUNTS, tau=1.5)
     assert isinstance(model.classifier, LogitAdjustedLinear) and model.classifier.tau == 1.5
-
 
 
 # ----------------------------------------------------------------------------- initialisation

@@ -10,6 +10,7 @@ from torch import nn
 from imbalance.errors import ConfigError, UnknownNameError
 from imbalance.sam import SAM, SAM_MODES, imbsam_tail_classes
 
+
 def make(seed=0, k=3):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, k)).double()
