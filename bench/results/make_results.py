@@ -90,6 +90,8 @@ def table_select(root: str) -> List[str]:
     out = ["| data set | model | val mAcc stage 1 | + cRT | + tau-norm (tau on val) | tau | run s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for folder in sorted(glob.glob(os.path.join(root, "select*", "*_*"))):
+        if os.path.islink(folder):  # the <exp_name>_latest link of the run folders
+            continue
         res = load(folder)
         if res is None:
             continue
