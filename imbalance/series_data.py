@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["NORMALIZE_MODES", "MASK_MODES", "SeriesSplit", "SeriesBundle", "read_series", "normalize_series",
            "prepare_series", "carve_validation", "mask_channel_wanted", "append_mask_channel",
-           "uses_series_loader", "load_series_data", "MaskChannelAugment", "file_mask"]
+           "uses_series_loader", "load_series_data", "MaskChannelAugment", "file_mask", "series_inputs"]
 
 NORMALIZE_MODES: Tuple[str, ...] = ("rms", "zscore")
 MASK_MODES: Tuple[Any, ...] = ("auto", True, False)
@@ -272,6 +272,29 @@ class MaskChannelAugment:
 
     def __repr__(self) -> str:
         return f"MaskChannelAugment({self.inner!r})"
+
+
+# ====================================================================== a trained model's inputs
+def series_inputs(path: str, *, num_channels: int, length: int, normalize: bool, normalize_mode: str,
+                  mask_channel: bool, data_key: Optional[str] = None,
+                  label_key: Optional[str] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(x (N, num_channels, length) float32, labels or None)`` of a series file for a model
+    trained on series data: the run's normalisation over each series' own samples, its length
+    (longer series keep their first samples), and the mask channel when the model takes one."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in SERIES_EXTENSIONS:
+        X, labels = read_series_file(path)
+    else:
+        x, labels = read_signals(path, data_key=data_key, label_key=label_key)
+        mask = file_mask(path, x.shape[0], x.shape[2])
+        X = [x[i][:, mask[i]] for i in range(x.shape[0])] if mask is not None and not mask.all() else x
+    x, mask = prepare_series(X, length=length, normalize=normalize_mode if normalize else None)
+    if mask_channel:
+        x = append_mask_channel(x, mask)
+    if x.shape[1] != num_channels:
+        raise DataError(f"{path}: series have {x.shape[1] - int(mask_channel)} channels but the model was trained "
+                        f"on {num_channels - int(mask_channel)}")
+    return x, (None if labels is None else np.asarray(labels))
 
 
 # ====================================================================== the data layer's entry

@@ -213,3 +213,54 @@ def test_unused_archive_dir_and_normalize_mode_are_named():
     found = dict(unused_user_keys(cfg, {"data.archive_dir", "data.normalize_mode"}))
     assert "data.source is null" in found["data.archive_dir"]
     assert found["data.normalize_mode"] == "data.normalize is false"
+
+
+@pytest.mark.slow
+@needs_aeon
+def test_fresh_install_with_the_archives_extra_runs_the_readme_command(tmp_path):
+    """``pip install .[archives]`` into a new virtual environment (aeon and torch come from the
+    system site packages, so nothing is downloaded), then the README's command from a folder
+    outside the repository, shortened to 2 + 2 epochs."""
+    import subprocess
+    import venv
+
+    from conftest import ROOT
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    pip = subprocess.run([py, "-m", "pip", "install", "-q", f"{ROOT}[archives]"], capture_output=True, text=True,
+                         timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    p = subprocess.run([str(env_dir / "bin" / "imbalance-train"), "data.source=ucr:ArrowHead",
+                        "experiment=tsc_small_data", "training.epochs=2", "stage2.epochs=2", "num_threads=1",
+                        "visualization.enabled=false"], cwd=work, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(((work / "experiments" / "tsc_small_data_latest").resolve() / "results" / "results.json")
+                     .read_text())
+    assert res["model_info"]["name"] == "FCN" and res["class_counts"] == [10, 10, 10]
+    assert "stage3" in res["metrics"] and str(env_dir) in subprocess.run(
+        [py, "-c", "import imbalance; print(imbalance.__file__)"], cwd=work, capture_output=True, text=True).stdout
+
+
+@needs_aeon
+def test_predict_a_series_file_with_a_mask_model(tmp_path):
+    """imbalance-predict on a .ts file and on the exported .mat pair of a run trained with the mask
+    channel: the same per-series processing as in training, the same predictions as the run's."""
+    from imbalance.archives import bundled_dirs
+    from imbalance.config import compose
+    from imbalance.pipeline import run
+    from imbalance.predict import predict_file
+
+    cfg = compose(TINY_TSC + ["data.source=ucr:PickupGestureWiimoteZ", "stage2.enabled=false"])
+    run(cfg, run_dir=tmp_path / "r")
+    ts = os.path.join(dict(bundled_dirs())["aeon"], "PickupGestureWiimoteZ", "PickupGestureWiimoteZ_TEST.ts")
+    p_ts = predict_file(str(tmp_path / "r"), ts)
+    saved = np.load(tmp_path / "r" / "results" / "predictions.npz")
+    assert p_ts.prob.shape == (50, 10)
+    np.testing.assert_array_equal(p_ts.pred_index, saved["y_pred"])        # the run's own test predictions
+    paths = export_archive("ucr:PickupGestureWiimoteZ", str(tmp_path / "mat"), fmt="mat")
+    p_mat = predict_file(str(tmp_path / "r"), paths["test"])
+    np.testing.assert_allclose(p_mat.prob, p_ts.prob, atol=1e-5)

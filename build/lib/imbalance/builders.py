@@ -97,18 +97,44 @@ class DataBundle:
     length: int
     files: Dict[str, str] = field(default_factory=dict)
     train_pool: Any = None  # the training data before the long-tailed subset (for reference)
+    mask_channel: bool = False  # the last channel is the observation mask (imbalance.series_data)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+def build_series_sets(cfg: DictConfig, paths: Dict[str, Optional[str]]) -> tuple:
+    """``(train, val or None, test, mask_channel, files)`` of a time-series run: an archive
+    (``data.source``), ``.ts``/``.arff``/``.tsv`` files or signal files with a mask
+    (:mod:`imbalance.series_data`)."""
+    from .data import ArraySignalDataset
+    from .models import MODELS
+    from .series_data import load_series_data
+
+    d = cfg.data
+    b = load_series_data(source=d.source, archive_dir=resolve_path(d.archive_dir), path_train=paths["path_train"],
+                         path_val=paths["path_val"], path_test=paths["path_test"], target_length=d.target_length,
+                         normalize=bool(d.normalize), normalize_mode=d.normalize_mode, mask=d.mask,
+                         model_name=MODELS.canonical(cfg.model.name),
+                         mask_aware=bool(getattr(MODELS.get(cfg.model.name), "mask_aware", False)),
+                         data_key=d.data_key, label_key=d.label_key)
+    sets = {k: ArraySignalDataset(b.x[k], b.y[k], classes=b.classes, normalize=False, path=b.info["where"][k])
+            for k in b.x}
+    files = {f"path_{k}": p for k, p in b.info["paths"].items()}
+    return sets["train"], sets.get("val"), sets["test"], b.mask_channel, files
+
+
 def build_data(cfg: DictConfig) -> DataBundle:
     from . import data as D
+    from .series_data import carve_validation, uses_series_loader
 
     dcfg = cfg.data
     paths = {k: resolve_path(dcfg[k]) for k in ("path_train", "path_val", "path_test")}
     common = dict(target_length=dcfg.target_length, normalize=bool(dcfg.normalize))
-    if paths["path_train"] is None:
+    mask_channel, files = False, {k: v for k, v in paths.items() if v}
+    if uses_series_loader(source=dcfg.source, path_train=paths["path_train"], normalize_mode=dcfg.normalize_mode):
+        full, val, test, mask_channel, files = build_series_sets(cfg, paths)
+    elif paths["path_train"] is None:
         if paths["path_val"] or paths["path_test"]:
             raise ConfigError("data.path_val / data.path_test need data.path_train (null means the built-in data)")
         from .synthetic import builtin_dataset
@@ -145,7 +171,8 @@ def build_data(cfg: DictConfig) -> DataBundle:
     seed = int(cfg.seed)
     pool = full
     if val is None:
-        rest_idx, val_idx = D.stratified_split(full.labels, float(dcfg.val_ratio), seed=seed)
+        rest_idx, val_idx = carve_validation(full.labels, float(dcfg.val_ratio),
+                                             min_per_class=int(dcfg.val_min_per_class), seed=seed)
         val = full.subset(val_idx)
         pool = full.subset(rest_idx)
     train = pool
@@ -156,13 +183,18 @@ def build_data(cfg: DictConfig) -> DataBundle:
     log.info("data: train %d (class counts %s), val %d, test %d", len(train), counts.tolist(), len(val), len(test))
     return DataBundle(train=train, val=val, test=test, classes=list(full.classes), class_counts=counts,
                       num_channels=int(full.num_channels), length=int(full.length),
-                      files={k: v for k, v in paths.items() if v}, train_pool=pool)
+                      files=files, train_pool=pool, mask_channel=mask_channel)
 
-def build_augmentation(cfg: DictConfig) -> Any:
+def build_augmentation(cfg: DictConfig, data: Optional[DataBundle] = None) -> Any:
     from .data import build_augmentation as build
 
     spec = OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
-    return build(spec)
+    aug = build(spec)
+    if aug is not None and data is not None and data.mask_channel:
+        from .series_data import MaskChannelAugment
+
+        aug = MaskChannelAugment(aug)  # the mask moves with time shifts and crops, never scaled or noised
+    return aug
 
 def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[str]]:
     names = cfg.visualization.class_names
@@ -179,6 +211,10 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
     m = cfg.model
     per_device_batch = max(1, int(cfg.data.batch_size) // max(1, n_devices))
     params = model_options_from(cfg)
+    if "mask_channel" in params:
+        raise ConfigError("model.params.mask_channel is set by the data (data.mask=auto/true/false), not by hand")
+    if data.mask_channel:
+        params["mask_channel"] = True
     model = create_model(
         m.name, num_classes=data.num_classes, in_channels=data.num_channels, dropout_rate=float(m.dropout),
         use_attention=bool(m.use_attention), norm_kind=m.norm_kind, width=m.width, depth=m.depth,
@@ -434,7 +470,7 @@ def build_stage1(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                                           epochs=int(t.epochs)):
         log.warning("%s", msg)
     train_loader = make_loader(data.train, int(cfg.data.batch_size), device, cfg, train=True, sampler=sampler,
-                               augment=build_augmentation(cfg), seed=int(cfg.seed))
+                               augment=build_augmentation(cfg, data), seed=int(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer(t.optimizer, params, lr=float(t.lr), weight_decay=float(t.weight_decay),
                                  momentum=float(t.momentum))
@@ -476,7 +512,7 @@ def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
     epochs = int(s2.epochs)
-    augment = build_augmentation(cfg)
+    augment = build_augmentation(cfg, data)
     eval_mode_backbone = s2.mode == "lws" or bool(s2.freeze_bn)
     use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None
     sampler = build_sampler(s2.sampler, data.train.labels, alpha=s2.alpha, alpha_start=s2.alpha_start,

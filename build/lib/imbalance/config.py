@@ -72,6 +72,12 @@ class DataConfig:
     label_key: Optional[str] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # Time-series data (imbalance.series_data): archives by name, .ts/.arff/.tsv, masks
+    source: Optional[str] = None  # ucr:<Name> / uea:<Name>: an archive's official split (aeon, offline)
+    archive_dir: Optional[str] = None  # <archive_dir>/<Name>/<Name>_TRAIN.ts ...; null: aeon's/sktime's copies
+    normalize_mode: str = "rms"  # rms / zscore: per series over its own samples (zscore: per channel)
+    mask: Any = "auto"  # auto / true / false: observation-mask channel for mask-aware models
+    val_min_per_class: int = 1  # validation samples per class at least (smaller classes stay in training)
 
 
 @dataclass
@@ -90,7 +96,7 @@ class ModelConfig:
     # Model-specific options (typed: a misspelt one fails when the config is composed); null keeps
     # the model's own default. Each is checked against the model finally named (conf/model/*.yaml
     # sets a model and shows its options).
-    kernel_size: Optional[int] = None  # ConvNetSE
+    kernel_size: Optional[int] = None  # ConvNetSE; InceptionTime: the largest kernel (40: 40, 20, 10)
     blocks_per_stage: Optional[int] = None  # ResNet1D, ResNetFrequencyExpert, MixtureOfExpertsResNet
     spectral_mode: Optional[str] = None  # frequency experts and mixtures: powerlog / ri / magphase
     spectral_window: Optional[str] = None  # hann / none
@@ -99,12 +105,14 @@ class ModelConfig:
     gate_hidden: Optional[int] = None  # mixtures
     gate_dropout: Optional[float] = None  # mixtures
     load_balance_weight: Optional[float] = None  # mixtures: weight of the gate-entropy regulariser
+    bottleneck_size: Optional[int] = None  # InceptionTime: bottleneck channels (32; 0: none)
+    use_residual: Optional[bool] = None  # InceptionTime: shortcut every 3 modules
     params: Dict[str, Any] = field(default_factory=dict)  # further model keywords (checked before data loads)
 
 
 #: ModelConfig fields that are model-specific options (passed to the model when not null).
 MODEL_OPTION_KEYS = ("kernel_size", "blocks_per_stage", "spectral_mode", "spectral_window", "complex_iq", "experts",
-                     "gate_hidden", "gate_dropout", "load_balance_weight")
+                     "gate_hidden", "gate_dropout", "load_balance_weight", "bottleneck_size", "use_residual")
 
 
 @dataclass
@@ -361,6 +369,8 @@ _CHOICES = {
     "mode": ("train", "eval"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
+    "data.normalize_mode": ("rms", "zscore"),
+    "data.mask": ("auto", "true", "false", True, False),
 }
 
 
@@ -422,6 +432,7 @@ def validate(cfg: Any) -> None:
     for key in ("data.batch_size", "training.epochs", "training.accumulation_steps",
                 "evaluation.batch_size", "experiment.many_thresh", "console_log_interval"):
         positive_int(key)
+    positive_int("data.val_min_per_class")
     for key in ("data.num_workers", "scheduler.warmup_epochs", "early_stopping.patience",
                 "stage2.epochs", "num_threads", "experiment.few_thresh"):
         positive_int(key, 0)

@@ -20,7 +20,7 @@ Conventions
 * Label smoothing (Szegedy et al. 2016; ``label_smoothing = eps`` in [0, 1)) is accepted by
   the softmax cross-entropy family only: ``CrossEntropy``, ``CostSensitiveCE``,
   ``ProgressiveLoss``, ``ClassBalancedLoss`` (``base='softmax'``), ``BalancedSoftmaxLoss``,
-  ``LogitAdjustmentLoss`` and ``LDAMLoss``. The smoothed per-sample CE is
+  ``LogitAdjustmentLoss``, ``LDAMLoss``, ``VSLoss`` and ``CDTLoss``. The smoothed per-sample CE is
   ``(1 - eps) (-log p_y) + eps/K sum_c (-log p_c)`` on the loss's own (adjusted) logits; a
   weighted loss weights it by ``w[y]`` as above. The other losses do not take the keyword, so
   :func:`create_loss` refuses it; :func:`loss_accepts` tells a pipeline in advance.
@@ -28,11 +28,21 @@ Conventions
   ``'train'`` (the class prior of the training set) or ``'sampled'`` (``sampled_prior``, the
   class prior of the re-sampled batches, per epoch if the sampler changes).
 * ``CombinedLoss(shared={...})`` passes keyword arguments to every part that accepts them.
+* Per-sample form: every loss except ``LDAMLoss`` with DRW (a weighted mean normalised by the
+  batch's weights) and a ``CombinedLoss`` holding one has ``per_sample(logits, targets) -> (B,)``
+  whose mean is the loss (``has_per_sample`` says which). Mixed targets
+  (:mod:`imbalance.mixing`): one mixing coefficient per batch (mixup, CutMix, Balanced-MixUp)
+  works with every loss, ``lam * L(z, y_a) + (1 - lam) * L(z, y_b)``; Remix's per-sample label
+  weights need the per-sample form, so LDAMLoss with DRW cannot take them (refused).
+* Keywords that a config maps from the loss section (``focal_gamma -> gamma``, ``logit_tau ->
+  tau``, ...) mean the same in every loss that takes them; ``VSLoss``/``CDTLoss`` name their
+  exponent ``vs_gamma``/``cdt_gamma`` so that the focal ``gamma`` never reaches them.
 
 Names (see each class for the formula and paper):
 ``CrossEntropy``, ``FocalLoss``, ``ClassBalancedLoss``, ``LDAMLoss``, ``ProgressiveLoss``,
 ``BalancedSoftmaxLoss``, ``LogitAdjustmentLoss``, ``CostSensitiveCE``,
-``CostSensitiveExpected``, ``CostSensitiveFocal``, ``CombinedLoss``.
+``CostSensitiveExpected``, ``CostSensitiveFocal``, ``VSLoss``, ``CDTLoss``,
+``LabelAwareSmoothing``, ``CombinedLoss``.
 
 Cost strategies (``cost_strategy``) give the per-class cost ``w_c`` of misclassifying class c
 (normalised to sum to K):
@@ -69,7 +79,8 @@ __all__ = [
     "ldam_margins", "cost_matrix_from", "loss_uses_class_counts", "loss_accepts", "ImbalanceLoss",
     "CrossEntropy", "FocalLoss", "ClassBalancedLoss", "LDAMLoss", "ProgressiveLoss",
     "BalancedSoftmaxLoss", "LogitAdjustmentLoss", "CostSensitiveCE", "CostSensitiveExpected",
-    "CostSensitiveFocal", "CombinedLoss", "PRIORS",
+    "CostSensitiveFocal", "CombinedLoss", "PRIORS", "VSLoss", "CDTLoss", "LabelAwareSmoothing",
+    "LAS_SHAPES", "label_aware_epsilons", "supports_per_sample",
 ]
 
 LOSSES = Registry("loss")
@@ -283,6 +294,13 @@ def _weighted_ce(z: torch.Tensor, t: torch.Tensor, weight: Optional[torch.Tensor
     return (weight.to(z.device)[t] * per).mean()
 
 
+def _weighted_ce_terms(z: torch.Tensor, t: torch.Tensor, weight: Optional[torch.Tensor],
+                       label_smoothing: float) -> torch.Tensor:
+    """Per-sample ``w[y_i] * CE_eps(z_i, y_i)`` (the terms :func:`_weighted_ce` averages)."""
+    per = F.cross_entropy(z, t, reduction="none", label_smoothing=label_smoothing)
+    return per if weight is None else weight.to(z.device)[t] * per
+
+
 def _softmax_log_pt_terms(z: torch.Tensor, t: torch.Tensor):
     """``(-log p_t, log(1 - p_t))`` of ``softmax(z)`` for the targets ``t``, both stable.
 
@@ -316,7 +334,13 @@ def _softmax_focal_terms(z: torch.Tensor, t: torch.Tensor, gamma: float) -> torc
 
 # ============================================================================ base
 class ImbalanceLoss(nn.Module):
-    """Base class: ``epoch`` attribute and a ``set_epoch`` hook (no-op unless overridden)."""
+    """Base class: ``epoch`` attribute and a ``set_epoch`` hook (no-op unless overridden).
+
+    Per-sample form: a loss that is a batch mean of per-sample terms, ``forward(z, y) ==
+    mean_i l(z_i, y_i)``, has ``per_sample(z, y) -> (B,)`` returning the ``l_i`` and
+    ``has_per_sample`` True (what Remix's per-sample label weights and ImbSAM's head/tail split
+    need). The base class has none: ``per_sample`` raises :class:`ConfigError`.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -329,6 +353,28 @@ class ImbalanceLoss(nn.Module):
     def _on_epoch(self) -> None:
         pass
 
+    @property
+    def has_per_sample(self) -> bool:
+        """Whether :meth:`per_sample` is defined (``forward == per_sample(...).mean()``)."""
+        return False
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses ``(B,)`` whose mean is ``forward(logits, targets)``."""
+        raise ConfigError(f"{type(self).__name__}{self._no_per_sample_reason()} is not a batch mean of "
+                          f"per-sample terms, so it cannot take per-sample weights (Remix) or a "
+                          f"head/tail split of the batch (ImbSAM)")
+
+    def _no_per_sample_reason(self) -> str:
+        return ""
+
+
+class _PerSampleLoss(ImbalanceLoss):
+    """A loss whose ``forward`` is the batch mean of :meth:`per_sample`."""
+
+    @property
+    def has_per_sample(self) -> bool:
+        return True
+
 
 def _buffer(module: nn.Module, name: str, value: Optional[np.ndarray]) -> None:
     module.register_buffer(name, _tensor(value), persistent=False)
@@ -336,7 +382,7 @@ def _buffer(module: nn.Module, name: str, value: Optional[np.ndarray]) -> None:
 
 # ============================================================================ losses
 @LOSSES.register("CrossEntropy")
-class CrossEntropy(ImbalanceLoss):
+class CrossEntropy(_PerSampleLoss):
     """Softmax cross-entropy with optional label smoothing (Szegedy et al. 2016)."""
 
     def __init__(self, *, label_smoothing: float = 0.0, class_counts: Optional[CountsLike] = None,
@@ -347,9 +393,13 @@ class CrossEntropy(ImbalanceLoss):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return _ce(logits.float(), targets, self.label_smoothing)
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, reduction="none",
+                               label_smoothing=self.label_smoothing)
+
 
 @LOSSES.register("FocalLoss")
-class FocalLoss(ImbalanceLoss):
+class FocalLoss(_PerSampleLoss):
     """Focal loss (Lin et al. 2017), softmax form: ``-alpha_t (1 - p_t)^gamma log p_t``.
 
     ``alpha``: ``None`` (1); a float, applied uniformly to every class (Lin et al.'s alpha is
@@ -394,16 +444,22 @@ class FocalLoss(ImbalanceLoss):
         _check_targets(z, targets, k, "FocalLoss")
         if self.gamma == 0.0 and self.alpha is None and self.alpha_scalar is None:
             return _ce(z, targets)
+        return self.per_sample(z, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        k = self.alpha.numel() if self.alpha is not None else None
+        _check_targets(z, targets, k, "FocalLoss")
         loss = _softmax_focal_terms(z, targets, self.gamma)
         if self.alpha is not None:
             loss = self.alpha.to(z.device)[targets] * loss
         elif self.alpha_scalar is not None:
             loss = self.alpha_scalar * loss
-        return loss.mean()
+        return loss
 
 
 @LOSSES.register("ClassBalancedLoss")
-class ClassBalancedLoss(ImbalanceLoss):
+class ClassBalancedLoss(_PerSampleLoss):
     """Class-balanced loss (Cui et al. 2019), weights ``(1 - beta) / (1 - beta^{n_y})``.
 
     Weights normalised to sum to K; ``loss = mean_i w[y_i] * L(z_i, y_i)`` with ``L``:
@@ -413,7 +469,14 @@ class ClassBalancedLoss(ImbalanceLoss):
       without smoothing; given ``label_smoothing=eps`` that function computes exactly this);
     * ``sigmoid``: ``-sum_j log sigmoid(z^t_j)``, ``z^t_j = z_j`` if j = y else ``-z_j``;
     * ``focal``: the paper's sigmoid focal loss ``-sum_j (1 - p^t_j)^gamma log p^t_j``,
-      ``p^t_j = sigmoid(z^t_j)`` (gamma = 0 gives ``sigmoid``).
+      ``p^t_j = sigmoid(z^t_j)`` (gamma = 0 gives ``sigmoid``);
+    * ``softmax_bce``: binary cross-entropy on the softmax probabilities,
+      ``L = (1/K) sum_j BCE(p_j, [j = y])`` with ``p = softmax(z)``: the ``"softmax"`` branch of
+      the widely copied PyTorch port (vandit15/Class-balanced-loss-pytorch), which the official
+      weight-balancing code (ShadeAlsha/LTR-weight-balancing, ``utils/class_balanced_loss.py``)
+      uses in its second stage; computed with ``F.binary_cross_entropy`` as there (so
+      ``log`` is clamped at -100), averaged over the B*K entries with the weight ``w[y_i]`` on
+      every entry of row i. It is not Cui et al.'s softmax CE.
 
     The batch reduction follows the official code (richardaecn/class-balanced-loss,
     ``src/cifar_main.py``): the weighted sum divided by the batch size (``sum(labels)``), for
@@ -432,7 +495,7 @@ class ClassBalancedLoss(ImbalanceLoss):
     ``weight_ratio``.
     """
 
-    BASES = ("softmax", "sigmoid", "focal")
+    BASES = ("softmax", "sigmoid", "focal", "softmax_bce")
 
     def __init__(self, *, beta: float = 0.9999, base: str = "softmax", gamma: float = 2.0,
                  label_smoothing: float = 0.0, class_counts: Optional[CountsLike] = None,
@@ -464,15 +527,26 @@ class ClassBalancedLoss(ImbalanceLoss):
         _check_targets(z, targets, self.weight.numel(), "ClassBalancedLoss")
         if self.base == "softmax":
             return _weighted_ce(z, targets, self.weight, self.label_smoothing)
+        return self.per_sample(z, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        _check_targets(z, targets, self.weight.numel(), "ClassBalancedLoss")
         w = self.weight.to(z.device)[targets]
+        if self.base == "softmax":
+            return w * F.cross_entropy(z, targets, reduction="none",
+                                       label_smoothing=self.label_smoothing)
         onehot = F.one_hot(targets, z.shape[1]).to(z.dtype)
+        if self.base == "softmax_bce":
+            bce = F.binary_cross_entropy(F.softmax(z, dim=1), onehot, reduction="none")
+            return w * bce.mean(dim=1)
         bce = F.binary_cross_entropy_with_logits(z, onehot, reduction="none")
         if self.base == "focal" and self.gamma != 0.0:
             # 1 - p^t = sigmoid(-z^t), computed stably: (1 - p^t)^gamma = exp(gamma * logsigmoid(-z^t))
             # (the official code's exp(-gamma y z - gamma log1p(exp(-z))), without its overflow).
             zt = torch.where(onehot > 0, z, -z)
             bce = torch.exp(self.gamma * F.logsigmoid(-zt)) * bce
-        return (w * bce.sum(dim=1)).mean()
+        return w * bce.sum(dim=1)
 
 
 @LOSSES.register("LDAMLoss")
@@ -528,18 +602,35 @@ class LDAMLoss(ImbalanceLoss):
     def drw_active(self) -> bool:
         return self.drw_start is not None and self.epoch >= self.drw_start
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @property
+    def has_per_sample(self) -> bool:
+        """Without DRW only: the DRW phase is a weighted mean normalised by the batch's weights."""
+        return self.drw_start is None
+
+    def _no_per_sample_reason(self) -> str:
+        return " with DRW (drw_start set: sum_i w_i l_i / sum_i w_i)" if self.drw_start is not None else ""
+
+    def _margin_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         z = logits.float()
         _check_targets(z, targets, self.margins.numel(), "LDAMLoss")
         m = self.margins.to(z.device)
         onehot = F.one_hot(targets, z.shape[1]).to(z.dtype)
-        out = self.scale * (z - onehot * m[targets][:, None])
-        weight = self.drw_weight.to(z.device) if self.drw_active else None
+        return self.scale * (z - onehot * m[targets][:, None])
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        out = self._margin_logits(logits, targets)
+        weight = self.drw_weight.to(out.device) if self.drw_active else None
         return F.cross_entropy(out, targets, weight=weight, label_smoothing=self.label_smoothing)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.has_per_sample:
+            return super().per_sample(logits, targets)
+        return F.cross_entropy(self._margin_logits(logits, targets), targets, reduction="none",
+                               label_smoothing=self.label_smoothing)
 
 
 @LOSSES.register("ProgressiveLoss")
-class ProgressiveLoss(ImbalanceLoss):
+class ProgressiveLoss(_PerSampleLoss):
     """Progressive re-weighting: weighted CE whose re-weighting strength grows over the epochs.
 
     ``w_c(t) ∝ n_c^{-p(t)}`` normalised to sum to K, with the power ``p(t)`` linear from
@@ -582,6 +673,11 @@ class ProgressiveLoss(ImbalanceLoss):
         _check_targets(z, targets, self.weight.numel(), "ProgressiveLoss")
         return _weighted_ce(z, targets, self.weight, self.label_smoothing)
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        _check_targets(z, targets, self.weight.numel(), "ProgressiveLoss")
+        return _weighted_ce_terms(z, targets, self.weight, self.label_smoothing)
+
 
 PRIORS = ("train", "sampled")
 
@@ -614,7 +710,7 @@ def _sampled_prior_table(sampled_prior: Any, k: Optional[int], who: str) -> np.n
     return p / p.sum(axis=1, keepdims=True)
 
 
-class _PriorAdjustedLoss(ImbalanceLoss):
+class _PriorAdjustedLoss(_PerSampleLoss):
     """Shared prior handling of :class:`BalancedSoftmaxLoss` and :class:`LogitAdjustmentLoss`.
 
     ``prior='train'``: the class prior of the training set, ``pi = n / sum n``.
@@ -696,6 +792,12 @@ class BalancedSoftmaxLoss(_PriorAdjustedLoss):
         _check_targets(z, targets, self.log_prior.numel(), "BalancedSoftmaxLoss")
         return _ce(z + self.log_prior.to(z.device), targets, self.label_smoothing)
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        _check_targets(z, targets, self.log_prior.numel(), "BalancedSoftmaxLoss")
+        return F.cross_entropy(z + self.log_prior.to(z.device), targets, reduction="none",
+                               label_smoothing=self.label_smoothing)
+
 
 @LOSSES.register("LogitAdjustmentLoss")
 class LogitAdjustmentLoss(_PriorAdjustedLoss):
@@ -732,9 +834,15 @@ class LogitAdjustmentLoss(_PriorAdjustedLoss):
         _check_targets(z, targets, self.adjustment.numel(), "LogitAdjustmentLoss")
         return _ce(z + self.adjustment.to(z.device), targets, self.label_smoothing)
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        _check_targets(z, targets, self.adjustment.numel(), "LogitAdjustmentLoss")
+        return F.cross_entropy(z + self.adjustment.to(z.device), targets, reduction="none",
+                               label_smoothing=self.label_smoothing)
+
 
 @LOSSES.register("CostSensitiveCE")
-class CostSensitiveCE(ImbalanceLoss):
+class CostSensitiveCE(_PerSampleLoss):
     """Cost-sensitive cross-entropy: ``mean_i w[y_i] * CE_i`` (Elkan 2001; Khan et al. 2018).
 
     ``w`` from ``cost_strategy`` (module docstring); with a manual KxK ``cost_matrix`` the
@@ -761,9 +869,15 @@ class CostSensitiveCE(ImbalanceLoss):
             _check_targets(z, targets, self.weight.numel(), "CostSensitiveCE")
         return _weighted_ce(z, targets, self.weight, self.label_smoothing)
 
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        if self.weight is not None:
+            _check_targets(z, targets, self.weight.numel(), "CostSensitiveCE")
+        return _weighted_ce_terms(z, targets, self.weight, self.label_smoothing)
+
 
 @LOSSES.register("CostSensitiveExpected")
-class CostSensitiveExpected(ImbalanceLoss):
+class CostSensitiveExpected(_PerSampleLoss):
     """Expected misclassification cost (Bayes risk under the softmax): ``mean_i sum_j p_ij C[y_i, j]``.
 
     ``C`` is the manual KxK ``cost_matrix`` (scaled so that its off-diagonal row means sum to
@@ -783,6 +897,9 @@ class CostSensitiveExpected(ImbalanceLoss):
                                                what="CostSensitiveExpected"))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         z = logits.float()
         if self.cost is None:
             k = z.shape[1]
@@ -791,11 +908,11 @@ class CostSensitiveExpected(ImbalanceLoss):
             _check_targets(z, targets, self.cost.shape[0], "CostSensitiveExpected")
             cost = self.cost.to(z.device)
         p = F.softmax(z, dim=1)
-        return (p * cost[targets]).sum(dim=1).mean()
+        return (p * cost[targets]).sum(dim=1)
 
 
 @LOSSES.register("CostSensitiveFocal")
-class CostSensitiveFocal(ImbalanceLoss):
+class CostSensitiveFocal(_PerSampleLoss):
     """Cost-sensitive focal loss: ``mean_i w[y_i] (1 - p_t)^gamma (-log p_t)`` (softmax focal,
     Lin et al. 2017, with the class costs of :class:`CostSensitiveCE` as alpha_t).
 
@@ -814,13 +931,197 @@ class CostSensitiveFocal(ImbalanceLoss):
         _buffer(self, "weight", None if self.cost_strategy == "uniform" else w)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         z = logits.float()
         k = self.weight.numel() if self.weight is not None else None
         _check_targets(z, targets, k, "CostSensitiveFocal")
         per = _softmax_focal_terms(z, targets, self.gamma)
         if self.weight is not None:
             per = self.weight.to(z.device)[targets] * per
-        return per.mean()
+        return per
+
+
+def _check_finite(value: Any, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}={value!r} must be a finite number") from None
+    if not math.isfinite(v):
+        raise ConfigError(f"{what}={value!r} must be a finite number")
+    return v
+
+
+@LOSSES.register("VSLoss")
+class VSLoss(_PerSampleLoss):
+    """Vector-scaling loss (Kini et al. 2021): ``CE(Delta * z + iota, y)``.
+
+    Multiplicative ``Delta_c = (n_c / n_max)^gamma`` and additive ``iota_c = tau * log pi_c``
+    (``pi = n / sum n``), ``gamma = vs_gamma``. As the official code (orparask/VS-Loss,
+    ``class_imbalance/losses.py``, ``VSLoss``): the logits are divided by
+    ``(n_max / n_c)^gamma`` (i.e. ``(1/n)^gamma / min_c (1/n_c)^gamma``) and ``tau * log pi``
+    (no guard inside the log) is added; its defaults ``gamma = 0.3``, ``tau = 1.0``.
+    ``vs_gamma = 0`` is the logit-adjusted loss (Menon et al. 2021) with ``tau``;
+    ``vs_gamma = 0, tau = 0`` is plain CE; ``tau = 0`` is :class:`CDTLoss`. The official
+    training script can add DRW/re-weighting class weights (its ``train_rule``); they are not
+    part of this loss. ``label_smoothing`` smooths the CE on the adjusted logits (not in the
+    official code).
+
+    The keyword is ``vs_gamma``, not ``gamma``, so that a config's ``focal_gamma`` (mapped onto
+    ``gamma``) never reaches it; ``tau`` is the logit-adjustment strength (``logit_tau``).
+    """
+
+    def __init__(self, *, vs_gamma: float = 0.3, tau: float = 1.0, label_smoothing: float = 0.0,
+                 class_counts: Optional[CountsLike] = None, total_epochs: int = 1) -> None:
+        super().__init__()
+        who = type(self).__name__
+        self.vs_gamma = _check_nonneg(vs_gamma, f"{who} vs_gamma")
+        self.tau = _check_finite(tau, f"{who} tau")
+        self.label_smoothing = _check_smoothing(label_smoothing, who)
+        n = _counts(class_counts, who)
+        divisor = (n.max() / n) ** self.vs_gamma          # 1 / Delta_c, >= 1
+        _buffer(self, "divisor", divisor)
+        _buffer(self, "iota", self.tau * np.log(n / n.sum()))
+
+    def adjusted_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``z / (n_max / n)^gamma + tau * log pi`` (float32)."""
+        z = logits.float()
+        return z / self.divisor.to(z.device) + self.iota.to(z.device)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check_targets(logits, targets, self.divisor.numel(), type(self).__name__)
+        return F.cross_entropy(self.adjusted_logits(logits), targets, reduction="none",
+                               label_smoothing=self.label_smoothing)
+
+
+@LOSSES.register("CDTLoss")
+class CDTLoss(VSLoss):
+    """Class-dependent temperatures (Ye et al. 2020, "Identifying and compensating for feature
+    deviation in imbalanced deep learning"): ``CE(z / a, y)`` with ``a_c = (n_max / n_c)^gamma``.
+
+    During training the logit of class c is divided by ``a_c`` (1 for the largest class, larger
+    for rarer classes), so the network must produce larger logits for the tail; at test time
+    the raw logits are used. The paper's own code is not public; this is the official VS-loss
+    code's ``--loss_type CDT`` (``VSLoss(tau=0, gamma)``, default ``gamma = 0.3``), i.e.
+    :class:`VSLoss` with ``tau = 0``. ``cdt_gamma = 0`` is plain CE. ``label_smoothing`` as
+    for :class:`VSLoss`.
+    """
+
+    def __init__(self, *, cdt_gamma: float = 0.3, label_smoothing: float = 0.0,
+                 class_counts: Optional[CountsLike] = None, total_epochs: int = 1) -> None:
+        super().__init__(vs_gamma=cdt_gamma, tau=0.0, label_smoothing=label_smoothing,
+                         class_counts=class_counts, total_epochs=total_epochs)
+        self.cdt_gamma = self.vs_gamma
+
+
+LAS_SHAPES = Registry("label-aware smoothing shape")
+
+
+def _check_unit(value: Any, what: str) -> float:
+    """A number in [0, 1) (a smoothing amount)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}={value!r} must be a number in [0, 1)") from None
+    if not 0.0 <= v < 1.0:
+        raise ConfigError(f"{what}={value!r} is outside the valid range [0, 1)")
+    return v
+
+
+@LAS_SHAPES.register("concave")
+def _las_concave(r: np.ndarray, head: float, tail: float, power: Optional[float]) -> np.ndarray:
+    return tail + (head - tail) * np.sin(r * np.pi / 2.0)
+
+
+@LAS_SHAPES.register("linear")
+def _las_linear(r: np.ndarray, head: float, tail: float, power: Optional[float]) -> np.ndarray:
+    return tail + (head - tail) * r
+
+
+@LAS_SHAPES.register("convex")
+def _las_convex(r: np.ndarray, head: float, tail: float, power: Optional[float]) -> np.ndarray:
+    return head + (head - tail) * np.sin(1.5 * np.pi + r * np.pi / 2.0)
+
+
+@LAS_SHAPES.register("exp")
+def _las_exp(r: np.ndarray, head: float, tail: float, power: Optional[float]) -> np.ndarray:
+    return tail + (head - tail) * np.power(r, power)
+
+
+def label_aware_epsilons(class_counts: CountsLike, smooth_head: float = 0.3, smooth_tail: float = 0.0,
+                         shape: str = "concave", power: Optional[float] = None) -> np.ndarray:
+    """MiSLAS per-class smoothing ``eps_c = f(r_c)``, ``r_c = (n_c - n_K) / (n_1 - n_K)`` in
+    [0, 1] (``n_1`` the largest, ``n_K`` the smallest count), float64:
+
+    * ``concave``: ``eps_K + (eps_1 - eps_K) sin(pi r / 2)``;
+    * ``linear``: ``eps_K + (eps_1 - eps_K) r``;
+    * ``convex``: ``eps_1 + (eps_1 - eps_K) sin(3 pi / 2 + pi r / 2)``;
+    * ``exp``: ``eps_K + (eps_1 - eps_K) r^power``;
+
+    so the largest class gets ``eps_1 = smooth_head`` and the smallest ``eps_K = smooth_tail``
+    (official ``methods.py``). When every class has the same count the official code divides
+    0 by 0; here ``r = 1`` (every class is the largest: ``smooth_head``).
+    """
+    n = _counts(class_counts, "LabelAwareSmoothing")
+    name = LAS_SHAPES.canonical(str(shape))
+    head = _check_unit(smooth_head, "LabelAwareSmoothing smooth_head")
+    tail = _check_unit(smooth_tail, "LabelAwareSmoothing smooth_tail")
+    if name == "exp":
+        if power is None:
+            raise ConfigError("LabelAwareSmoothing shape='exp' needs power (a number > 0)")
+        power = _check_nonneg(power, "LabelAwareSmoothing power")
+        if power == 0:
+            raise ConfigError("LabelAwareSmoothing power=0 must be > 0 (r^0 = 1 for every class)")
+    elif power is not None:
+        raise ConfigError(f"LabelAwareSmoothing power={power!r} is used only with shape='exp' "
+                          f"(got shape={name!r})")
+    span = n.max() - n.min()
+    r = np.ones_like(n) if span == 0 else (n - n.min()) / span
+    eps = LAS_SHAPES.get(name)(r, head, tail, power)
+    if np.any(eps < 0) or np.any(eps >= 1):
+        raise ConfigError(f"LabelAwareSmoothing gives smoothing outside [0, 1): {eps.tolist()}")
+    return eps
+
+
+@LOSSES.register("LabelAwareSmoothing")
+class LabelAwareSmoothing(_PerSampleLoss):
+    """Label-aware smoothing of MiSLAS (Zhong et al. 2021, official dvlab-research/MiSLAS,
+    ``methods.py``): cross-entropy with a per-class smoothing ``eps_y``,
+
+        ``l_i = (1 - eps_{y_i}) (-log p_{i,y_i}) + eps_{y_i} * (1/K) sum_c (-log p_ic)``,
+
+    batch mean; ``eps`` from :func:`label_aware_epsilons` (head classes smoothed more).
+    The official code has no defaults; its configs use ``smooth_head/smooth_tail`` = 0.3/0.0
+    (ImageNet-LT, iNaturalist 2018, CIFAR-10-LT-100), 0.4/0.1 (CIFAR-100-LT-100, Places-LT),
+    0.2/0.0 and 0.1/0.0 (smaller imbalance), always with the default ``shape='concave'``. It is
+    used in stage 2 (classifier learning, with shift BN and a class-balanced sampler) after a
+    mixup-trained stage 1. ``eps_1 = eps_K = eps`` is ordinary label smoothing; ``eps = 0`` is CE.
+    Takes no ``label_smoothing`` (it is the smoothing).
+    """
+
+    def __init__(self, *, smooth_head: float = 0.3, smooth_tail: float = 0.0, shape: str = "concave",
+                 power: Optional[float] = None, class_counts: Optional[CountsLike] = None,
+                 total_epochs: int = 1) -> None:
+        super().__init__()
+        self.shape = LAS_SHAPES.canonical(str(shape))
+        eps = label_aware_epsilons(class_counts, smooth_head, smooth_tail, self.shape, power)
+        self.smooth_head, self.smooth_tail, self.power = float(smooth_head), float(smooth_tail), power
+        _buffer(self, "smoothing", eps)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(logits, targets).mean()
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        _check_targets(z, targets, self.smoothing.numel(), "LabelAwareSmoothing")
+        eps = self.smoothing.to(z.device)[targets]
+        logp = F.log_softmax(z, dim=1)
+        nll = -logp.gather(1, targets[:, None]).squeeze(1)
+        return (1.0 - eps) * nll - eps * logp.mean(dim=1)
 
 
 LossSpec = Union[str, nn.Module, Mapping[str, Any]]
@@ -967,17 +1268,41 @@ class CombinedLoss(ImbalanceLoss):
             total = part if total is None else total + part
         return total
 
+    @property
+    def has_per_sample(self) -> bool:
+        """When every part has a per-sample form."""
+        return all(bool(getattr(m, "has_per_sample", False)) for m in self.losses.values())
+
+    def _no_per_sample_reason(self) -> str:
+        bad = [l for l, m in self.losses.items() if not getattr(m, "has_per_sample", False)]
+        return f" (part(s) {bad})" if bad else ""
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.has_per_sample:
+            return super().per_sample(logits, targets)
+        total = None
+        for label, m in self.losses.items():
+            part = self.weights[label] * m.per_sample(logits, targets).float()
+            total = part if total is None else total + part
+        return total
+
 
 # ============================================================================ factory
 _USES_COUNTS = {"ClassBalancedLoss", "LDAMLoss", "ProgressiveLoss", "BalancedSoftmaxLoss",
                 "LogitAdjustmentLoss", "CostSensitiveCE", "CostSensitiveExpected",
-                "CostSensitiveFocal"}
+                "CostSensitiveFocal", "VSLoss", "CDTLoss", "LabelAwareSmoothing"}
 
 
 def loss_uses_class_counts(name: str) -> bool:
     """Whether the loss ``name`` reads the class counts (CombinedLoss: if any part may)."""
     canon = LOSSES.canonical(str(name))
     return canon in _USES_COUNTS or canon == "CombinedLoss"
+
+
+def supports_per_sample(loss: nn.Module) -> bool:
+    """Whether ``loss`` (a built loss module) has a per-sample form ``loss.per_sample(z, y)``
+    whose batch mean is ``loss(z, y)`` (see the module docstring)."""
+    return bool(getattr(loss, "has_per_sample", False)) and callable(getattr(loss, "per_sample", None))
 
 
 def loss_accepts(name: str, keyword: str) -> bool:

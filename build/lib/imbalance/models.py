@@ -77,13 +77,12 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import numbers
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .heads import HEADS, CosineMarginClassifier, head_linear  # noqa: F401  (public here too)
 from .complexity import format_complexity, model_complexity  # noqa: F401  (public here too)
 from .initialization import INITS, init_model_for_imbalanced  # noqa: F401  (public here too)
@@ -113,130 +112,29 @@ from .layers import (  # noqa: F401  (the blocks are public here too)
     normal_linear_,
     resolve_norm_kind,
 )
-from .registry import Registry
+from .model_base import MODELS, SignalModel, check_int, check_opt_int, init_head_  # noqa: F401  (public here too)
 
 logger = logging.getLogger(__name__)
-
-MODELS = Registry("model")
-
-# ----------------------------------------------------------------------------- model base
-def _pos_int(name: str, key: str, value: Any, lo: int = 1, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) and not (
-            isinstance(value, float) and value.is_integer()):
-        raise ConfigError(f"{name}: {key} must be an integer, got {value!r}")
-    v = int(value)
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ConfigError(f"{name}: {key} must be {rng}, got {v}")
-    return v
-
-
-def _opt_int(name: str, key: str, value: Any, default: Optional[int], lo: int = 1,
-             hi: Optional[int] = None) -> Optional[int]:
-    """``value`` checked as by :func:`_pos_int`, or ``default`` when it is None."""
-    return default if value is None else _pos_int(name, key, value, lo, hi)
-
-
-def _head_init_(linear: nn.Linear, kind: str, columns: slice = slice(None),
-                bias_column: Optional[int] = None) -> None:
-    """Initialise ``linear``'s weight columns ``columns`` as an origin head over those inputs:
-    ``normal`` N(0, 0.01) weights and bias 0 (ResNet1D, DilatedTCN); ``default`` PyTorch's
-    ``nn.Linear`` (uniform +-1/sqrt(fan_in) weights and bias). The bias goes to ``linear.bias``
-    or, with ``bias_column``, to that weight column (the mixtures of experts)."""
-    w = linear.weight
-    fan_in = w[:, columns].shape[1]
-    with torch.no_grad():
-        if kind == "normal":
-            w[:, columns].normal_(0.0, 0.01)
-            bias_value = None
-        else:
-            bound = 1.0 / math.sqrt(fan_in)
-            w[:, columns].uniform_(-bound, bound)
-            bias_value = bound
-        target = w[:, bias_column] if bias_column is not None else linear.bias
-        if target is not None:
-            if bias_value is None:
-                target.zero_()
-            else:
-                target.uniform_(-bias_value, bias_value)
-
-
-class SignalModel(nn.Module):
-    """Base class: input check, feature dropout and the ``classifier`` head.
-
-    Subclasses pass ``_finish`` their backbone (a module mapping ``(B, C, L)`` to ``(B, D)`` with
-    attributes ``out_dim``, ``head_init`` and ``init_weights()``), which becomes ``self.trunk``.
-    """
-
-    min_length: int = MIN_LENGTH
-
-    def __init__(self, *, num_classes: int, in_channels: int, dropout_rate: float,
-                 norm_kind: str) -> None:
-        super().__init__()
-        name = type(self).__name__
-        self.num_classes = _pos_int(name, "num_classes", num_classes)
-        self.in_channels = _pos_int(name, "in_channels", in_channels)
-        if not (isinstance(dropout_rate, (int, float)) and 0.0 <= float(dropout_rate) < 1.0):
-            raise ConfigError(f"{name}: dropout_rate must be in [0, 1), got {dropout_rate!r}")
-        self.norm_kind = resolve_norm_kind(norm_kind)
-        self.dropout_rate = float(dropout_rate)
-
-    def _finish(self, backbone: Optional[nn.Module], feature_dim: Optional[int] = None) -> None:
-        if backbone is not None:
-            self.trunk = backbone
-        self.feature_dim = int(backbone.out_dim if feature_dim is None else feature_dim)
-        self.dropout = nn.Dropout(self.dropout_rate)
-        self.classifier: nn.Module = nn.Linear(self.feature_dim, self.num_classes)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """The model's own initialisation (the origin's): the backbone's, then the head's
-        (``N(0, 0.01)`` weights and zero bias after a ResNet1D / DilatedTCN backbone, PyTorch's
-        ``nn.Linear`` default otherwise). Called at construction and by ``init='default'``."""
-        self.trunk.init_weights()
-        lin = head_linear(self.classifier)
-        if lin is not None:
-            _head_init_(lin, self.trunk.head_init)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise DataError unless ``x`` is ``(B, in_channels, L)`` with ``L >= min_length``."""
-        if x.dim() != 3:
-            raise DataError(f"{type(self).__name__} expects input of shape (batch, channels, length), "
-                            f"got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise DataError(f"{type(self).__name__} was built for in_channels={self.in_channels} but the "
-                            f"input has {x.shape[1]} channels (shape {tuple(x.shape)}); build the "
-                            f"model with in_channels={x.shape[1]}")
-        if x.shape[-1] < self.min_length:
-            raise DataError(f"signal length {x.shape[-1]} is shorter than {type(self).__name__}'s "
-                            f"minimum of {self.min_length}")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.dropout(self.trunk(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
 
 
 def _convnet_adsb(n: str, in_channels: int, width: Any, depth: Any, norm: str, attention: bool
                   ) -> ConvNetADSBBackbone:
-    return ConvNetADSBBackbone(in_channels=in_channels, width=_opt_int(n, "width", width, None),
-                               depth=_opt_int(n, "depth", depth, None, 1, len(CONVNET_ADSB_PLAN)),
+    return ConvNetADSBBackbone(in_channels=in_channels, width=check_opt_int(n, "width", width, None),
+                               depth=check_opt_int(n, "depth", depth, None, 1, len(CONVNET_ADSB_PLAN)),
                                norm=norm, attention=attention)
 
 
 def _resnet1d(n: str, in_channels: int, width: Any, depth: Any, base: int, blocks_per_stage: Any,
               norm: str, attention: bool) -> ResNet1DBackbone:
-    return ResNet1DBackbone(in_channels=in_channels, base=_opt_int(n, "width", width, base),
-                            stages=_opt_int(n, "depth (number of stages)", depth, 4, 2, 5),
-                            blocks_per_stage=_pos_int(n, "blocks_per_stage", blocks_per_stage),
+    return ResNet1DBackbone(in_channels=in_channels, base=check_opt_int(n, "width", width, base),
+                            stages=check_opt_int(n, "depth (number of stages)", depth, 4, 2, 5),
+                            blocks_per_stage=check_int(n, "blocks_per_stage", blocks_per_stage),
                             norm=norm, attention=attention)
 
 
 def _tcn(n: str, in_channels: int, width: Any, depth: Any, norm: str, attention: bool) -> DilatedTCNBackbone:
-    return DilatedTCNBackbone(in_channels=in_channels, channels=_opt_int(n, "width", width, 64),
-                              levels=_opt_int(n, "depth (number of levels)", depth, 4), norm=norm,
+    return DilatedTCNBackbone(in_channels=in_channels, channels=check_opt_int(n, "width", width, 64),
+                              levels=check_opt_int(n, "depth (number of levels)", depth, 4), norm=norm,
                               attention=attention)
 
 
@@ -277,9 +175,9 @@ class ConvNetSE(SignalModel):
         super().__init__(num_classes=num_classes, in_channels=in_channels,
                          dropout_rate=dropout_rate, norm_kind=norm_kind)
         n = type(self).__name__
-        self._finish(ConvTrunk(in_channels=self.in_channels, width=_opt_int(n, "width", width, 350),
-                               depth=_opt_int(n, "depth", depth, 8),
-                               kernel_size=_pos_int(n, "kernel_size", kernel_size), norm=self.norm_kind,
+        self._finish(ConvTrunk(in_channels=self.in_channels, width=check_opt_int(n, "width", width, 350),
+                               depth=check_opt_int(n, "depth", depth, 8),
+                               kernel_size=check_int(n, "kernel_size", kernel_size), norm=self.norm_kind,
                                attention=use_attention))
 
 
@@ -419,7 +317,7 @@ class MixtureOfExperts(SignalModel):
         self.names = list(experts)
         self.experts = nn.ModuleDict(experts)
         self.gate = MoEGate(in_channels=self.in_channels, num_experts=len(experts),
-                            hidden=_pos_int(n, "gate_hidden", gate_hidden), dropout=float(gate_dropout),
+                            hidden=check_int(n, "gate_hidden", gate_hidden), dropout=float(gate_dropout),
                             norm=self.norm_kind)
         self.load_balance_weight = float(load_balance_weight)
         self.expert_dims = [int(m.out_dim) for m in experts.values()]
@@ -436,7 +334,7 @@ class MixtureOfExperts(SignalModel):
             return
         start, total = 0, sum(self.expert_dims)
         for i, (name, dim) in enumerate(zip(self.names, self.expert_dims)):
-            _head_init_(lin, self.experts[name].head_init, slice(start, start + dim), bias_column=total + i)
+            init_head_(lin, self.experts[name].head_init, slice(start, start + dim), bias_column=total + i)
             start += dim
         if lin.bias is not None:
             with torch.no_grad():
@@ -628,3 +526,8 @@ __all__ = [
     "ChannelAttention", "SqueezeExcite", "AdaptiveDownsample", "SkipMaxPool1d", "SkipStrideConv1d",
     "SpectralFrontEnd",
 ]
+
+
+# ----------------------------------------------------------------------------- other families
+# Registered into MODELS by their own modules, which import model_base (not this module).
+from . import tsc_models  # noqa: E402,F401  (InceptionTime, FCN, ResNetTSC)

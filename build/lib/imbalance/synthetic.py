@@ -42,7 +42,11 @@ Command line (writes the built-in data in a user file layout)::
 
     python -m imbalance.synthetic --out data/ [--format mat|mat73|h5|npz] [--num-classes 10]
         [--length 1024] [--seed 0] [--train-per-class 600] [--test-per-class 200]
-        [--difficulty 1.0] [--real-channels]
+        [--difficulty 1.0] [--real-channels] [--num-unknown 0] [--unknown-per-class N]
+
+``--num-unknown U`` also writes ``test_unknown.<ext>``: bursts of U extra emitters (open-set
+unknowns, labels K+1..K+U in the file's 1-based labels), never in the train file; train and
+test files are the same as without it.
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ __all__ = [
     "generate_adsb",
     "builtin_dataset",
     "emitter_impairments",
+    "generate_unknown_adsb",
+    "unknown_emitter_impairments",
     "BURST_US",
     "DEFAULT_DIFFICULTY",
 ]
@@ -101,18 +107,7 @@ def _check_difficulty(difficulty: float) -> float:
     return d
 
 
-def emitter_impairments(
-    num_classes: int, *, emitter_seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY
-) -> Dict[str, np.ndarray]:
-    """Fixed impairments of ``num_classes`` emitters: a dict name -> array of shape (K,).
-
-    A pure function of ``num_classes``, ``emitter_seed`` and ``difficulty``: per impairment
-    the K emitters' uniform draws ``u`` in [-1, 1] form a Latin hypercube (one per stratum of
-    width 2/K, random order and position), scaled by ``spread / difficulty`` about the centre.
-    """
-    d = _check_difficulty(difficulty)
-    k = int(num_classes)
-    rng = np.random.default_rng([int(emitter_seed), 0x5E1])
+def _impairments_from_rng(k: int, rng: np.random.Generator, d: float) -> Dict[str, np.ndarray]:
     # Latin-hypercube draw: per impairment, the K emitters take one value in each of K equal
     # strata of [-1, 1] in random order, so every emitter set is spread alike (the difficulty
     # does not hinge on two emitters of one seed landing close together by chance).
@@ -131,6 +126,36 @@ def emitter_impairments(
     out["pn_linewidth_hz"] = np.maximum(out["pn_linewidth_hz"], 0.0)
     out["iq_gain"] = np.maximum(out["iq_gain"], 0.1)
     return out
+
+
+def emitter_impairments(
+    num_classes: int, *, emitter_seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY
+) -> Dict[str, np.ndarray]:
+    """Fixed impairments of ``num_classes`` emitters: a dict name -> array of shape (K,).
+
+    A pure function of ``num_classes``, ``emitter_seed`` and ``difficulty``: per impairment
+    the K emitters' uniform draws ``u`` in [-1, 1] form a Latin hypercube (one per stratum of
+    width 2/K, random order and position), scaled by ``spread / difficulty`` about the centre.
+    """
+    d = _check_difficulty(difficulty)
+    rng = np.random.default_rng([int(emitter_seed), 0x5E1])
+    return _impairments_from_rng(int(num_classes), rng, d)
+
+
+def unknown_emitter_impairments(
+    num_unknown: int, *, emitter_seed: int = 0, difficulty: float = DEFAULT_DIFFICULTY
+) -> Dict[str, np.ndarray]:
+    """Impairments of ``num_unknown`` extra emitters (open-set unknowns): same ranges and the
+    same Latin-hypercube draw as :func:`emitter_impairments`, from a separate random stream of
+    ``emitter_seed`` (``[emitter_seed, 0x5E1, 0x0DD]``), so the known emitters of a seed are the
+    same whether or not unknown emitters are drawn.  An unknown emitter may land close to a
+    known one (as a real unseen transmitter of the same type can): that is the hard case."""
+    d = _check_difficulty(difficulty)
+    u = int(num_unknown)
+    if u < 0:
+        raise ConfigError(f"num_unknown must be >= 0, got {num_unknown!r}")
+    rng = np.random.default_rng([int(emitter_seed), 0x5E1, 0x0DD])
+    return _impairments_from_rng(u, rng, d)
 
 
 def _counts(num_classes: int, samples_per_class: Union[int, Sequence[int]]) -> np.ndarray:
@@ -183,18 +208,59 @@ def generate_adsb(
     k = int(num_classes)
     if k < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes!r}")
+    length, fs = _check_record(length, sample_rate)
+    counts = _counts(k, samples_per_class)
+    imp = emitter_impairments(k, emitter_seed=emitter_seed, difficulty=difficulty)
+    return _render_bursts(imp, counts, length=length, fs=fs, snr_db=snr_db, seed=seed)
+
+
+def _check_record(length: int, sample_rate: float) -> Tuple[int, float]:
     length = int(length)
     if length < 1:
         raise ConfigError(f"length must be >= 1, got {length!r}")
     fs = float(sample_rate)
     if not fs > 0:
         raise ConfigError(f"sample_rate must be positive, got {sample_rate!r}")
-    counts = _counts(k, samples_per_class)
-    imp = emitter_impairments(k, emitter_seed=emitter_seed, difficulty=difficulty)
-    y = np.repeat(np.arange(k, dtype=np.int64), counts)
+    return length, fs
+
+
+def generate_unknown_adsb(
+    num_unknown: int,
+    samples_per_class: Union[int, Sequence[int]] = 200,
+    *,
+    num_known: int,
+    length: int = 1024,
+    sample_rate: float = 8e6,
+    snr_db: Union[float, Tuple[float, float]] = (5.0, 20.0),
+    difficulty: float = DEFAULT_DIFFICULTY,
+    seed: Union[int, Sequence[int]] = 0,
+    emitter_seed: int = 0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Bursts of ``num_unknown`` extra emitters (:func:`unknown_emitter_impairments`) with
+    labels ``num_known .. num_known + num_unknown - 1`` (they never collide with the known
+    labels 0..num_known-1), in blocks.  Same waveform, channel and receiver as
+    :func:`generate_adsb`; the bursts come from their own stream of ``seed``."""
+    u = int(num_unknown)
+    if u < 1:
+        raise ConfigError(f"num_unknown must be >= 1, got {num_unknown!r}")
+    if int(num_known) < 0:
+        raise ConfigError(f"num_known must be >= 0, got {num_known!r}")
+    length, fs = _check_record(length, sample_rate)
+    counts = _counts(u, samples_per_class)
+    imp = unknown_emitter_impairments(u, emitter_seed=emitter_seed, difficulty=difficulty)
+    seed_seq = [int(s) for s in np.atleast_1d(np.asarray(seed, dtype=np.int64))] + [0x0DD]
+    return _render_bursts(imp, counts, length=length, fs=fs, snr_db=snr_db, seed=seed_seq,
+                          label_offset=int(num_known))
+
+
+def _render_bursts(imp: Dict[str, np.ndarray], counts: np.ndarray, *, length: int, fs: float,
+                   snr_db, seed, label_offset: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Bursts of the emitters described by ``imp`` (index j = emitter j), ``counts[j]`` each;
+    labels ``label_offset + j``."""
+    y = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     n = int(y.size)
     if n == 0:
-        return np.zeros((0, 2, length), np.float32), y
+        return np.zeros((0, 2, length), np.float32), y + int(label_offset)
 
     seed_seq = [int(s) for s in np.atleast_1d(np.asarray(seed, dtype=np.int64))]
     rng = np.random.default_rng(seed_seq + [0xAD5B])
@@ -269,7 +335,7 @@ def generate_adsb(
     gain32 = gain.astype(np.float32)[:, None]
     x[:, 0, :] = gain32 * (i_sig + sigma * rng.standard_normal(size=(n, length), dtype=np.float32))
     x[:, 1, :] = gain32 * (q_sig + sigma * rng.standard_normal(size=(n, length), dtype=np.float32))
-    return x, y
+    return x, y + int(label_offset)
 
 
 def builtin_dataset(
@@ -282,14 +348,24 @@ def builtin_dataset(
     snr_db: Union[float, Tuple[float, float]] = (5.0, 20.0),
     seed: int = 0,
     sample_rate: float = 8e6,
+    num_unknown: int = 0,
+    unknown_per_class: Optional[Union[int, Sequence[int]]] = None,
 ) -> Dict[str, Optional[Tuple[np.ndarray, np.ndarray]]]:
-    """The built-in data set: ``{"train": (x, y), "val": (x, y) or None, "test": (x, y)}``.
+    """The built-in data set: ``{"train": (x, y), "val": (x, y) or None, "test": (x, y),
+    "test_unknown": (x, y) or None}``.
 
     All splits share the emitters (``emitter_seed = seed``); their bursts are drawn from
     independent streams.  The default train split is a *balanced pool* of 600 bursts per
     emitter: the pipeline takes a stratified validation split from it (``val_ratio``) and then
     the long-tailed training subset (``make_long_tailed_indices``, ratio 100: 480 -> 4 per
     class).  ``val_per_class = 0`` (default) gives ``"val": None``; test is balanced.
+
+    Open set: ``num_unknown > 0`` adds that many extra emitters
+    (:func:`generate_unknown_adsb`), never in train or val: ``"test_unknown"`` holds their
+    bursts, ``unknown_per_class`` each (default: ``test_per_class``, or its mean when it is
+    a list), labelled ``num_classes .. num_classes + num_unknown - 1``.  The other splits are
+    bit-for-bit the same as with ``num_unknown = 0`` (the unknown emitters and bursts come from
+    random streams of their own), so adding unknowns never changes the closed-set data.
     """
     common = dict(num_classes=num_classes, length=length, sample_rate=sample_rate,
                   snr_db=snr_db, difficulty=difficulty, emitter_seed=seed)
@@ -297,7 +373,19 @@ def builtin_dataset(
     has_val = (np.sum(val_per_class) > 0)
     val = generate_adsb(samples_per_class=val_per_class, seed=[seed, 2], **common) if has_val else None
     test = generate_adsb(samples_per_class=test_per_class, seed=[seed, 3], **common)
-    return {"train": train, "val": val, "test": test}
+    u = int(num_unknown)
+    if u < 0:
+        raise ConfigError(f"num_unknown must be >= 0, got {num_unknown!r}")
+    test_unknown = None
+    if u > 0:
+        per = unknown_per_class
+        if per is None:
+            per = (int(test_per_class) if isinstance(test_per_class, (int, np.integer))
+                   else int(round(float(np.mean(list(test_per_class))))))
+        common.pop("num_classes")
+        test_unknown = generate_unknown_adsb(u, per, num_known=int(num_classes), seed=[seed, 3],
+                                             **common)
+    return {"train": train, "val": val, "test": test, "test_unknown": test_unknown}
 
 
 # ----------------------------------------------------------------------------- writers
@@ -359,17 +447,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY)
     p.add_argument("--real-channels", action="store_true",
                    help="store X as real (N, 2, L) instead of complex (N, L)")
+    p.add_argument("--num-unknown", type=int, default=0,
+                   help="extra emitters never in training, written to test_unknown.<ext> (open set)")
+    p.add_argument("--unknown-per-class", type=int, default=None,
+                   help="bursts per unknown emitter (default: --test-per-class)")
     a = p.parse_args(argv)
     try:
         data = builtin_dataset(num_classes=a.num_classes, train_per_class=a.train_per_class,
                                test_per_class=a.test_per_class, length=a.length,
-                               difficulty=a.difficulty, seed=a.seed)
+                               difficulty=a.difficulty, seed=a.seed, num_unknown=a.num_unknown,
+                               unknown_per_class=a.unknown_per_class)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
     ext = _FORMATS[a.format]
-    for split in ("train", "test"):
+    splits = ("train", "test") + (("test_unknown",) if data["test_unknown"] is not None else ())
+    for split in splits:
         x, y = data[split]
         path = os.path.join(a.out, split + ext)
         write_dataset(path, x, y, fmt=a.format, real_channels=a.real_channels)
@@ -377,7 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shape = (len(y),) + xx.shape[1:]
         yshape = (len(y),) + yy.shape[1:]
         print(f"wrote {path} ({_FORMAT_NAMES[a.format]}): X {shape} {xx.dtype}, Y {yshape} {yy.dtype} "
-              f"(labels 0..{a.num_classes - 1}, {len(y) // max(a.num_classes, 1)} per class)")
+              f"(labels {int(y.min()) if len(y) else 0}..{int(y.max()) if len(y) else -1}, "
+              f"{len(y) // max(len(np.unique(y)), 1)} per class)")
     return 0
 
 
