@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from torch import nn
 from . import distributed as D
 from . import recipe
 from .engine import EarlyStopping
+from .data_build import (DataBundle, build_augmentation, build_data, build_series_sets,  # noqa: F401  (public here too)
+                         class_names_for, open_set_data)
 from .errors import ConfigError, DataError
 from .loader import BatchLoader
 from .optim import EpochSchedule, create_optimizer
@@ -115,135 +117,6 @@ def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
     return opts
 
 
-@dataclass
-class DataBundle:
-    train: Any
-    val: Any
-    test: Any
-    classes: List[Any]
-    class_counts: np.ndarray
-    num_channels: int
-    length: int
-    files: Dict[str, str] = field(default_factory=dict)
-    train_pool: Any = None  # the training data before the long-tailed subset (for reference)
-    test_unknown: Any = None  # open set: the unknown test samples (labels -1); test holds the known ones
-    openset: Optional[Dict[str, Any]] = None  # open set: held-out classes, sources, sample counts
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def build_data(cfg: DictConfig) -> DataBundle:
-    from . import data as D
-
-    dcfg = cfg.data
-    paths = {k: resolve_path(dcfg[k]) for k in ("path_train", "path_val", "path_test")}
-    common = dict(target_length=dcfg.target_length, normalize=bool(dcfg.normalize))
-    if paths["path_train"] is None:
-        if paths["path_val"] or paths["path_test"]:
-            raise ConfigError("data.path_val / data.path_test need data.path_train (null means the built-in data)")
-        from .synthetic import builtin_dataset
-
-        s = dcfg.synthetic
-        extra = {} if s.difficulty is None else {"difficulty": float(s.difficulty)}
-        if cfg.openset.enabled and int(s.num_unknown) > 0:
-            extra.update(num_unknown=int(s.num_unknown), unknown_per_class=s.unknown_per_class)
-        sets = builtin_dataset(
-            num_classes=int(s.num_classes), train_per_class=int(s.train_per_class), val_per_class=0,
-            test_per_class=int(s.test_per_class), length=int(s.length), sample_rate=float(s.sample_rate),
-            snr_db=tuple(s.snr_db), seed=int(s.seed), **extra,
-        )
-        full = D.ArraySignalDataset(*sets["train"], **common)
-        test = D.ArraySignalDataset(*sets["test"], classes=full.classes, **common)
-        val = None
-        log.info("data: built-in synthetic ADS-B emitters: %d classes, %d training-pool and %d test bursts "
-                 "of %d samples", full.num_classes, len(full), len(test), full.length)
-    else:
-        kw = dict(common, in_memory=bool(dcfg.in_memory), data_key=dcfg.data_key, label_key=dcfg.label_key)
-        full = D.ADSBSignalDataset(paths["path_train"], **kw)
-        val = D.ADSBSignalDataset(paths["path_val"], classes=full.classes, **kw) if paths["path_val"] else None
-        if paths["path_test"] is None:
-            raise ConfigError("data.path_test is null; name the test file (e.g. data.path_test=data/test.mat)")
-        test = D.ADSBSignalDataset(paths["path_test"], classes=full.classes, **kw)
-        log.info("data: %s (%d samples, %d classes, %d channels x %d), test %s (%d samples)",
-                 paths["path_train"], len(full), full.num_classes, full.num_channels, full.length,
-                 paths["path_test"], len(test))
-    for name, ds in (("test", test), ("validation", val)):
-        if ds is not None and (ds.num_channels != full.num_channels or ds.length != full.length):
-            raise DataError(
-                f"{name} signals are {ds.num_channels} x {ds.length} but training signals are "
-                f"{full.num_channels} x {full.length}; set data.target_length to make the lengths agree"
-            )
-
-    seed = int(cfg.seed)
-    pool = full
-    if val is None:
-        rest_idx, val_idx = D.stratified_split(full.labels, float(dcfg.val_ratio), seed=seed)
-        val = full.subset(val_idx)
-        pool = full.subset(rest_idx)
-    train = pool
-    if cfg.create_imbalance:
-        lt = D.make_long_tailed_indices(pool.labels, full.num_classes, float(dcfg.imbalance_ratio), seed=seed)
-        train = pool.subset(lt)
-    classes = list(full.classes)
-    if paths["path_train"] is None and dcfg.synthetic.sessions:  # class-incremental: the base session only
-        from .incremental import session_classes
-
-        classes = session_classes(classes, list(dcfg.synthetic.sessions))[0]  # the first len(classes) labels
-        train, val, test = (ds.subset(np.flatnonzero(ds.labels < len(classes))) for ds in (train, val, test))
-        log.info("data: base session of data.synthetic.sessions=%s: classes %s", list(dcfg.synthetic.sessions), classes)
-    counts = np.bincount(np.asarray(train.labels), minlength=len(classes)).astype(np.int64)
-    bundle = DataBundle(train=train, val=val, test=test, classes=classes, class_counts=counts,
-                        num_channels=int(full.num_channels), length=int(full.length),
-                        files={k: v for k, v in paths.items() if v}, train_pool=pool)
-    if cfg.openset.enabled:
-        builtin = sets["test_unknown"] if paths["path_train"] is None else None
-        bundle = open_set_data(cfg, bundle, builtin_unknown=builtin, common=common)
-    log.info("data: train %d (class counts %s), val %d, test %d%s", len(bundle.train), bundle.class_counts.tolist(),
-             len(bundle.val), len(bundle.test),
-             f" + {len(bundle.test_unknown)} unknown" if bundle.test_unknown is not None else "")
-    return bundle
-
-
-def open_set_data(cfg: DictConfig, bundle: DataBundle, *, builtin_unknown: Any, common: Dict[str, Any]) -> DataBundle:
-    """``openset:``: classes held out of training and validation (a list or a protocol on the
-    training counts), the built-in extra transmitters and ``data.path_unknown``, as the known
-    splits plus one unknown test set (:func:`imbalance.openset_data.split_open_set`)."""
-    from .data import ArraySignalDataset
-    from .openset_data import read_unknown_file, split_open_set
-
-    o, e = cfg.openset, cfg.experiment
-    extra = []
-    if builtin_unknown is not None:
-        ds = ArraySignalDataset(*builtin_unknown, **common)
-        extra.append(("builtin_transmitters", ds, [ds.classes[i] for i in ds.labels]))
-    path = resolve_path(cfg.data.path_unknown)
-    if path is not None:
-        ds, labels = read_unknown_file(path, num_channels=bundle.num_channels, length=bundle.length,
-                                       target_length=cfg.data.target_length, normalize=bool(cfg.data.normalize),
-                                       data_key=cfg.data.data_key, label_key=cfg.data.label_key)
-        extra.append(("path_unknown", ds, None if labels is None else list(labels)))
-        bundle.files["path_unknown"] = path
-    unknown = OmegaConf.to_container(o.unknown_classes, resolve=True) if o.unknown_classes is not None else None
-    split = split_open_set(train=bundle.train, val=bundle.val, test=bundle.test, classes=bundle.classes,
-                           class_counts=bundle.class_counts, unknown_classes=unknown, protocol=o.protocol,
-                           num_unknown=o.num_unknown, seed=int(o.seed), extra_unknown=extra,
-                           many_thresh=float(e.many_thresh), few_thresh=float(e.few_thresh), grouping=e.grouping)
-    bundle.train, bundle.val, bundle.test, bundle.test_unknown = split.train, split.val, split.test, split.test_unknown
-    bundle.classes, bundle.class_counts, bundle.openset = split.classes, split.class_counts, split.info
-    bundle.train_pool = None  # it holds the held-out classes: nothing may read it
-    return bundle
-
-
-def build_augmentation(cfg: DictConfig) -> Any:
-    from .data import build_augmentation as build
-
-    spec = OmegaConf.to_container(cfg.data.augment, resolve=True) or {}
-    spec.pop("mix", None)  # batch mixing: build_mix
-    return build(spec)
-
-
 def build_extras(cfg: DictConfig, data: "DataBundle", device: torch.device, loss_fn: nn.Module, *, stage: int,
                  seed: int, epochs: int, head: Optional[nn.Module] = None) -> Any:
     """The stage's :class:`~imbalance.stage_extras.StageExtras`, None when it adds nothing: the
@@ -264,7 +137,7 @@ def build_extras(cfg: DictConfig, data: "DataBundle", device: torch.device, loss
             bal = build_sampler("class_balanced", data.train.labels, alpha=0.0, alpha_start=0.0, alpha_end=0.0,
                                 total_epochs=epochs, seed=seed + 7, num_classes=data.num_classes)
             mix_loader = make_loader(data.train, int(cfg.data.batch_size), device, cfg, train=True, sampler=bal,
-                                     augment=build_augmentation(cfg), seed=seed + 7)
+                                     augment=build_augmentation(cfg, data), seed=seed + 7)
     if stage == 2 and s2.maxnorm_thresh is not None:
         maxnorm, weight = make_maxnorm(head, thresh=float(s2.maxnorm_thresh), every=str(s2.maxnorm_every))
     if mix is None and maxnorm is None:
@@ -281,22 +154,16 @@ def build_eval_classifier(cfg: DictConfig) -> Optional[nn.Module]:
         str(e.classifier), **(OmegaConf.to_container(e.classifier_params, resolve=True) or {}))
 
 
-def class_names_for(cfg: DictConfig, classes: Sequence[Any]) -> Optional[List[str]]:
-    names = cfg.visualization.class_names
-    if names is None:
-        return None
-    names = [str(n) for n in names]
-    if len(names) != len(classes):
-        raise ConfigError(f"visualization.class_names has {len(names)} names but the data has {len(classes)} classes")
-    return names
-
-
 def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devices: int = 1) -> nn.Module:
     from .models import create_model, init_model_for_imbalanced, swap_classifier
 
     m = cfg.model
     per_device_batch = max(1, int(cfg.data.batch_size) // max(1, n_devices))
     params = model_options_from(cfg)
+    if "mask_channel" in params:
+        raise ConfigError("model.params.mask_channel is set by the data (data.mask=auto/true/false), not by hand")
+    if data.mask_channel:
+        params["mask_channel"] = True
     model = create_model(
         m.name, num_classes=data.num_classes, in_channels=data.num_channels, dropout_rate=float(m.dropout),
         use_attention=bool(m.use_attention), norm_kind=m.norm_kind, width=m.width, depth=m.depth,
@@ -569,7 +436,7 @@ def build_stage1(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                                           epochs=int(t.epochs)):
         log.warning("%s", msg)
     train_loader = make_loader(data.train, int(cfg.data.batch_size), device, cfg, train=True, sampler=sampler,
-                               augment=build_augmentation(cfg), seed=int(cfg.seed))
+                               augment=build_augmentation(cfg, data), seed=int(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = create_optimizer(t.optimizer, params, lr=float(t.lr), weight_decay=float(t.weight_decay),
                                  momentum=float(t.momentum))
@@ -625,7 +492,7 @@ def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                             freeze_bn=bool(s2.freeze_bn), reinit_classifier=bool(s2.reinit_classifier),
                             num_classes=data.num_classes)
     epochs = int(s2.epochs)
-    augment = build_augmentation(cfg)
+    augment = build_augmentation(cfg, data)
     eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
     mixes = str(cfg.data.augment.mix.name) != "none" and bool(cfg.data.augment.mix.stage2)
     use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None and not mixes

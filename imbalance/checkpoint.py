@@ -371,19 +371,20 @@ class StageCheckpointer:
 # The final model (one owner of final.pt)
 # ---------------------------------------------------------------------------------------------
 FINAL_KEYS = ("model", "classifier_chain", "calibration", "classes", "class_counts", "num_channels", "length",
-              "config")
+              "config")  # and "mask_channel" (a series run whose last input channel is the observation mask)
 
 
 def save_final_model(path: Path, *, model_state: Dict[str, Any], classifier_chain: List[Dict[str, Any]],
                      calibration: Dict[str, Any], classes: List[Any], class_counts: List[int], num_channels: int,
-                     length: int, config: Dict[str, Any]) -> None:
+                     length: int, config: Dict[str, Any], mask_channel: bool = False) -> None:
     """``checkpoints/final.pt``: the final weights, the classifier chain that holds them (head and
     stage-2/3 wrappers, :mod:`imbalance.classifier_chain`), the classes, the training counts, the
-    signal shape and the resolved config; everything a reader needs to rebuild the model."""
+    signal shape (``mask_channel``: its last channel is the observation mask, set by the data) and
+    the resolved config; everything a reader needs to rebuild the model."""
     atomic_save({"model": model_state, "classifier_chain": classifier_chain,
                  "calibration": {k: v for k, v in calibration.items() if not isinstance(v, (list, dict))},
                  "classes": classes, "class_counts": class_counts, "num_channels": int(num_channels),
-                 "length": int(length), "config": config}, Path(path))
+                 "length": int(length), "config": config, "mask_channel": bool(mask_channel)}, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------

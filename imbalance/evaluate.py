@@ -58,6 +58,7 @@ class TrainedModelInfo:
     num_channels: int
     length: int
     calibration: Dict[str, Any] = field(default_factory=dict)
+    mask_channel: bool = False          # the last input channel is the observation mask (series data)
 
     @property
     def num_classes(self) -> int:
@@ -154,7 +155,7 @@ def _build(cfg: DictConfig, info: TrainedModelInfo, n_devices: int,
 
     data = DataBundle(train=None, val=None, test=None, classes=list(info.classes),
                       class_counts=np.asarray(info.class_counts, dtype=np.int64),
-                      num_channels=info.num_channels, length=info.length)
+                      num_channels=info.num_channels, length=info.length, mask_channel=info.mask_channel)
     model = build_model(cfg, data, torch.device("cpu"), n_devices=n_devices)
     if chain:
         model.classifier = build_chain(chain, in_features=model.feature_dim, num_classes=info.num_classes,
@@ -194,7 +195,7 @@ def load_trained_model(run_or_checkpoint: os.PathLike | str,
         config=cfg, classes=list(ckpt["classes"]),
         class_counts=np.asarray(ckpt["class_counts"], dtype=np.int64),
         num_channels=int(ckpt["num_channels"]), length=int(ckpt["length"]),
-        calibration=dict(ckpt.get("calibration") or {}),
+        calibration=dict(ckpt.get("calibration") or {}), mask_channel=bool(ckpt.get("mask_channel", False)),
     )
     state = ckpt["model"]
     # norm_kind=auto depends on the per-device batch, so on how many GPUs the run used

@@ -529,5 +529,7 @@ __all__ = [
 ]
 
 
-# The attention models register into MODELS when their module is imported (public here too).
-from .transformers import ConvTransformer, SignalTransformer  # noqa: E402,F401
+# ----------------------------------------------------------------------------- other families
+# Registered into MODELS by their own modules, which import model_base (not this module).
+from . import tsc_models  # noqa: E402,F401  (InceptionTime, FCN, ResNetTSC)
+from .transformers import ConvTransformer, SignalTransformer  # noqa: E402,F401  (public here too)

@@ -228,7 +228,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
     save_final_model(folder.final_checkpoint, model_state=ctx.net.state_dict(),
                      classifier_chain=describe_chain(ctx.net.classifier), calibration=calib,
                      classes=[plain(c) for c in data.classes], class_counts=data.class_counts.tolist(),
-                     num_channels=data.num_channels, length=data.length, config=ctx.config)
+                     num_channels=data.num_channels, length=data.length, config=ctx.config,
+                     mask_channel=data.mask_channel)
     save_predictions(folder, final, class_counts=data.class_counts, classes=data.classes,
                      max_samples=int(cfg.visualization.max_samples), seed=int(cfg.seed))
     write_tables(folder, final, class_names)

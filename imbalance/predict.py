@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, UserError
+from .series_data import series_inputs, uses_series_loader
 from .signal_io import prepare_signals, read_signals  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,18 @@ def predict_file(run_or_checkpoint: str, input_path: str, *, batch_size: Optiona
         raise ConfigError(f"device={device!r} but CUDA is not available; use --device cpu")
     model, info = load_trained_model(run_or_checkpoint, device=dev)
     dcfg = info.config.data
-    x, labels = read_signals(input_path, data_key=data_key if data_key is not None else dcfg.data_key,
-                             label_key=label_key)
-    x = prepare_signals(x, num_channels=info.num_channels, length=info.length, target_length=dcfg.target_length,
-                        normalize=bool(dcfg.normalize), allow_resize=allow_resize, where=input_path)
+    dkey = data_key if data_key is not None else dcfg.data_key
+    mode = str(dcfg.get("normalize_mode", "rms"))
+    if getattr(model, "mask_channel", False) or uses_series_loader(source=dcfg.get("source"), path_train=input_path,
+                                                                  normalize_mode=mode):
+        x, labels = series_inputs(input_path, num_channels=info.num_channels, length=info.length,  # time series
+                                  normalize=bool(dcfg.normalize), normalize_mode=mode,
+                                  mask_channel=bool(getattr(model, "mask_channel", False)), data_key=dkey,
+                                  label_key=label_key)
+    else:
+        x, labels = read_signals(input_path, data_key=dkey, label_key=label_key)
+        x = prepare_signals(x, num_channels=info.num_channels, length=info.length, target_length=dcfg.target_length,
+                            normalize=bool(dcfg.normalize), allow_resize=allow_resize, where=input_path)
     dtype = choose_precision(dev, precision)
     if batch_size is None:
         batch_size = auto_batch_size(dev, info.length)

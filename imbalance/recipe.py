@@ -357,8 +357,12 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
             why = f"stage3.mode={cfg.stage3.mode} does not adjust logits"
         elif key == "evaluation.eval_logit_tau" and cfg.evaluation.eval_logit_adjust != "posthoc":
             why = "evaluation.eval_logit_adjust is not posthoc"
-        elif key.startswith("data.synthetic.") and cfg.data.path_train is not None:
-            why = "data.path_train names a file, so the built-in data is not used"
+        elif key.startswith("data.synthetic.") and (cfg.data.path_train is not None or cfg.data.source is not None):
+            why = "data.path_train or data.source names the data, so the built-in data is not used"
+        elif key == "data.archive_dir" and cfg.data.source is None:
+            why = "data.source is null (archive_dir is where ucr:/uea: sources are looked up)"
+        elif key == "data.normalize_mode" and not cfg.data.normalize:
+            why = "data.normalize is false"
         elif key.startswith("data.augment.") and key != "data.augment.enabled" and not cfg.data.augment.enabled:
             why = "data.augment.enabled is false"
         elif key.startswith("model.head_params.") and str(cfg.model.head) in ("auto", "linear"):

@@ -38,7 +38,7 @@ def small(name, num_classes=5, in_channels=2, **kw):
 
 
 def test_registry_holds_the_seed_models_the_variant_and_heads():
-    assert EXPECTED_MODELS | {"ConvNetSE"} | ATTENTION_MODELS == set(NAMES)
+    assert EXPECTED_MODELS | {"ConvNetSE", "InceptionTime", "FCN", "ResNetTSC"} | ATTENTION_MODELS == set(NAMES)
     assert set(HEADS.names()) == {"linear", "cosine_ldam", "logit_adjust", "temperature"}
     assert set(INITS.names()) == {"balanced_xavier", "xavier", "kaiming", "default"}
 
