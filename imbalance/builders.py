@@ -158,6 +158,53 @@ def build_data(cfg: DictConfig) -> DataBundle:
                       num_channels=int(full.num_channels), length=int(full.length),
                       files={k: v for k, v in paths.items() if v}, train_pool=pool)
 
+def place_data(cfg: DictConfig, data: DataBundle, device: torch.device) -> DataBundle:
+    """``data.on_device``: the bundle with its training and validation sets copied once to the
+    accelerator (:class:`~imbalance.loader.DeviceResidentData`) when the setting and their size
+    allow (:func:`~imbalance.loader.resolve_on_device`); on the CPU the bundle itself."""
+    import dataclasses
+
+    from .loader import DeviceResidentData, dataset_nbytes, resolve_on_device
+
+    nbytes = dataset_nbytes(data.train) + dataset_nbytes(data.val)
+    keep, why = resolve_on_device(cfg.data.on_device, device, nbytes)
+    if device.type != "cpu":
+        log.info("data: %s", why)
+    if not keep:
+        return data
+    return dataclasses.replace(data, train=DeviceResidentData(data.train, device),
+                               val=DeviceResidentData(data.val, device))
+
+
+def planned_compile_steps(cfg: DictConfig, data: DataBundle) -> int:
+    """Training steps of the configured schedule (``compile: auto``): stage-1 epochs x batches,
+    plus stage 2's when it runs the backbone (no feature cache); early stopping not counted."""
+    from .compilation import planned_steps
+
+    n, bs, drop = len(data.train), int(cfg.data.batch_size), bool(cfg.data.drop_last)
+    steps = planned_steps(n_samples=n, batch_size=bs, epochs=int(cfg.training.epochs), drop_last=drop)
+    s2 = cfg.stage2
+    cached = bool(s2.feature_cache) and s2.mode in ("crt", "lws") and (s2.mode == "lws" or bool(s2.freeze_bn)) \
+        and build_augmentation(cfg) is None
+    if s2.enabled and not cached:
+        steps += planned_steps(n_samples=n, batch_size=bs, epochs=int(s2.epochs), drop_last=drop)
+    return steps
+
+
+def compile_for_run(cfg: DictConfig, data: DataBundle, model: nn.Module, device: torch.device, precision: Any,
+                    n_devices: int = 1) -> tuple:
+    """``compile`` / ``compile_cache_dir`` applied to the run's model (:mod:`imbalance.compilation`):
+    returns (model, decision)."""
+    from .compilation import compile_model
+
+    per_device = max(1, int(cfg.data.batch_size) // max(1, n_devices))
+    return compile_model(model, cfg.compile, planned=planned_compile_steps(cfg, data),
+                         batch_shape=(min(per_device, max(1, len(data.train))), data.num_channels, data.length),
+                         device=device, autocast=precision.autocast,
+                         eval_batch=min(cfg_eval_batch(cfg), max(1, len(data.val))),
+                         cache_dir=cfg.compile_cache_dir, agree=D.broadcast_object if D.is_enabled() else None)
+
+
 def build_augmentation(cfg: DictConfig) -> Any:
     from .data import build_augmentation as build
 

@@ -72,6 +72,7 @@ class DataConfig:
     label_key: Optional[str] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    on_device: Any = "auto"  # auto (keep train/val tensors on the accelerator when they fit) / true / false
 
 
 @dataclass
@@ -272,7 +273,7 @@ class Config:
     create_imbalance: bool = True
     mode: str = "train"  # train / eval
     resume: Optional[str] = None
-    compile: bool = False
+    compile: Any = "auto"  # auto (when the planned work pays for it: imbalance.compilation) / true / false
     num_threads: int = 0  # 0: one intra-op thread per core
     progress_bar: str = "auto"  # auto (only on a terminal) / true / false
     data: DataConfig = field(default_factory=DataConfig)
@@ -287,6 +288,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     visualization: VisualizationConfig = field(default_factory=VisualizationConfig)
+    compile_cache_dir: Optional[str] = None  # torch.compile's cache; null: ~/.cache/imbalance/torch_compile
 
 
 def with_schema(cfg: Any) -> Any:
@@ -361,6 +363,8 @@ _CHOICES = {
     "mode": ("train", "eval"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
+    "compile": ("auto", "true", "false", True, False),
+    "data.on_device": ("auto", "true", "false", True, False),
 }
 
 
