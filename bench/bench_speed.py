@@ -136,7 +136,7 @@ def build(args, compile_setting=None):
         extra.append(f"compile_cache_dir={args.cache_dir}")
     cfg = with_schema(compose(overrides(args) + extra))
     seed_everything(int(cfg.seed))
-    device = torch.device("cpu")
+    device = torch.device(getattr(args, "device", "cpu"))
     precision = make_precision(device, bool(cfg.amp), cfg.amp_dtype)
     data = B.place_data(cfg, B.build_data(cfg), device)
     model = B.build_model(cfg, data, device)
@@ -156,18 +156,23 @@ def build(args, compile_setting=None):
         plan = B.build_stage1(cfg, data, ctx.model, device)
         plan.epochs = 1
         run_stage1(ctx, plan)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     t = cfg.training
     torch.manual_seed(0)
-    origin = OriginConvNetADSB(data.num_classes, data.num_channels, width=cfg.model.width, depth=cfg.model.depth)
+    origin = OriginConvNetADSB(data.num_classes, data.num_channels, width=cfg.model.width,
+                               depth=cfg.model.depth).to(device)
     opt = torch.optim.Adam(origin.parameters(), lr=float(t.lr), weight_decay=float(t.weight_decay))
-    xtr, ytr = data.train.x, torch.as_tensor(data.train.labels)
-    xva, yva = data.val.x, torch.as_tensor(data.val.labels)
+    host_train = getattr(data.train, "source", data.train)  # the host data set (ours may hold a device copy)
+    host_val = getattr(data.val, "source", data.val)
+    xtr, ytr = host_train.x.to(device), torch.as_tensor(host_train.labels).to(device)
+    xva, yva = host_val.x.to(device), torch.as_tensor(host_val.labels).to(device)
     bs, clip = int(cfg.data.batch_size), float(t.grad_clip or 0)
 
     def base():
         origin.train()
-        perm = torch.randperm(len(ytr))
+        perm = torch.randperm(len(ytr), device=ytr.device)
         running = 0.0
         for b in range(max(1, len(ytr) // bs)):  # drop_last
             idx = perm[b * bs:(b + 1) * bs]
@@ -177,7 +182,7 @@ def build(args, compile_setting=None):
             if clip:
                 nn.utils.clip_grad_norm_(origin.parameters(), clip)
             opt.step()
-            running += loss.item()
+            running += loss.item()  # (on a GPU this synchronises every step, as a plain loop does)
         origin.eval()
         correct = 0
         with torch.no_grad():

@@ -9,7 +9,9 @@ happens to last (early stopping):
 * ``N`` = the planned training steps: stage-1 epochs x batches per epoch, plus stage 2's when it
   runs the backbone (fine-tuning, or a frozen backbone without the feature cache).
 * ``t_e`` = the measured eager step (forward, loss, backward on a copy of the model, with the
-  run's batch shape, device and precision; :func:`measure_eager_step`).
+  run's batch shape, device and precision; :func:`measure`). On the CPU step times are process
+  CPU time per thread (what the step takes on an unloaded machine), so a busy shared machine
+  does not make a short run look long, nor a noisy pair of steps a speed-up.
 * Pre-check, before paying for a compile: even a step :data:`PRIOR_MAX_SPEEDUP` (2x) faster would
   save at most ``N t_e (1 - 1/2)``; if that is less than :data:`PAYBACK` (10) times a typical
   cold compile (:data:`PRIOR_COMPILE_S`, 60 s), do not compile. The quick demo (60 epochs x 9
@@ -42,7 +44,6 @@ import contextlib
 import copy
 import logging
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,14 +141,16 @@ class _Probe:
         g = torch.Generator(device="cpu").manual_seed(0)
         self.x = torch.randn(tuple(int(s) for s in batch_shape), generator=g).to(device)
         self.y: Optional[torch.Tensor] = None
+        self.unloaded = 0.0
         self.x_eval = None
         if eval_batch:
             self.x_eval = torch.randn((int(eval_batch), *self.x.shape[1:]), generator=g).to(device)
 
     def step(self, module: nn.Module) -> float:
+        """Wall seconds of one step; ``self.unloaded`` gets the estimate for an unloaded machine."""
         module.train()
         _sync(self.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with self.autocast():
             z = module(self.x)
         z = z.float()
@@ -159,7 +162,12 @@ class _Probe:
             loss.backward()
         self.net.zero_grad(set_to_none=True)
         _sync(self.device)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        # on the CPU, the process CPU time per thread is the step on an unloaded machine (a busy shared
+        # machine stretches the wall time, and the pre-check's prior compile cost is an unloaded figure)
+        self.unloaded = wall if self.device.type != "cpu" else min(
+            wall, (time.process_time() - c0) / max(1, torch.get_num_threads()))
+        return wall
 
     @torch.no_grad()
     def eval_forward(self, module: nn.Module) -> float:
@@ -190,18 +198,33 @@ def _rng_devices(device: torch.device) -> list:
 
 def measure(model: nn.Module, *, batch_shape: Sequence[int], device: torch.device,
             autocast: Optional[Callable[[], ContextManager]] = None, eval_batch: Optional[int] = None,
-            steps: int = 2, compiled: bool = True, gate: Optional[Callable[[float], bool]] = None,
+            steps: int = 3, compiled: bool = True, gate: Optional[Callable[[float], bool]] = None,
             before_compile: Optional[Callable[[], Any]] = None) -> Measurement:
     """Time ``model`` (a copy; the model, its BatchNorm statistics and every RNG are left as they
     were) on a random batch of ``batch_shape``: one warm-up and ``steps`` timed eager steps; then,
     when ``compiled`` and ``gate(eager_step_s)`` allows, ``before_compile()`` (e.g. the cache
     set-up), the first compiled step and evaluation batch (the compile) and ``steps`` timed
-    compiled steps. Medians."""
+    compiled steps.
+
+    A step time is the fastest of its timed steps, as process CPU time per thread on the CPU (what
+    an unloaded machine takes: a busy shared machine stretches wall times unevenly) and as
+    synchronised wall time on a GPU. The compile cost is wall time (a busy machine makes it look
+    larger, so ``auto`` errs toward not compiling)."""
     autocast = autocast or contextlib.nullcontext
+    n = max(1, int(steps))
     with torch.random.fork_rng(devices=_rng_devices(device)):
         probe = _Probe(model, batch_shape=batch_shape, device=device, autocast=autocast, eval_batch=eval_batch)
+
+        def timed(module: nn.Module) -> Tuple[float, float]:
+            """(fastest unloaded estimate, fastest wall) of ``n`` steps."""
+            walls, unloaded = [], []
+            for _ in range(n):
+                walls.append(probe.step(module))
+                unloaded.append(probe.unloaded)
+            return min(unloaded), min(walls)
+
         probe.step(probe.net)
-        t_e = statistics.median(probe.step(probe.net) for _ in range(max(1, steps)))
+        t_e, _ = timed(probe.net)
         out = Measurement(eager_step_s=t_e)
         if not compiled or (gate is not None and not gate(t_e)):
             return out
@@ -211,9 +234,9 @@ def measure(model: nn.Module, *, batch_shape: Sequence[int], device: torch.devic
         comp = torch.compile(probe.net)
         first = probe.step(comp)
         first_eval = probe.eval_forward(comp)
-        t_c = statistics.median(probe.step(comp) for _ in range(max(1, steps)))
+        t_c, t_c_wall = timed(comp)
         out.compiled_step_s = t_c
-        out.compile_s = max(0.0, first - t_c) + max(0.0, first_eval - t_eval)
+        out.compile_s = max(0.0, first - t_c_wall) + max(0.0, first_eval - t_eval)
     return out
 
 
