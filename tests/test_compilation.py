@@ -350,3 +350,16 @@ def test_convnet_adsb_relu_after_pool_is_exact_and_keeps_the_state_dict():
     origin_order(ref, x).pow(2).sum().backward()
     for (name, p), q in zip(m.named_parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_convnet_adsb_relu_after_pool_is_exact_under_bf16_autocast():
+    from imbalance.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("ConvNetADSB", 5, width=16, depth=4).eval()
+    x = torch.randn(4, 2, 512)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = m(x)
+        h = m.trunk.attention(m.trunk.features(x))  # conv - norm - ReLU - pool order
+        ref = m.classifier(h.max(-1).values)
+    assert ours.dtype == ref.dtype and torch.equal(ours, ref)

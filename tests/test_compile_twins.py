@@ -185,3 +185,31 @@ def test_measuring_compiles_a_copy_and_leaves_the_model_alone(cache):
     assert m.eager_step_s > 0 and m.compiled_step_s > 0 and m.compile_s >= 0
     assert not hasattr(model, "_orig_mod") and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _bench(script, *args):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(root / "bench" / script), *args], cwd=root, capture_output=True,
+                          text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_speed_quick_prints_both_ratios(cache):
+    import re
+
+    out = _bench("bench_speed.py", "--quick", "--part", "epoch", "--cache-dir", cache)
+    assert "CPU kind:" in out and "compile=auto" in out
+    assert len(re.findall(r"speed-up base/ours: [0-9.]+x", out)) == 2
+
+
+def test_bench_gpu_smoke_on_the_cpu(cache):
+    out = _bench("bench_gpu.py", "--device", "cpu", "--quick", "--cache-dir", cache, "--skip", "6", "8")
+    assert "| 1 | fp32, host data |" in out and "| 5 | fp16 + GradScaler, data on the device |" in out
+    assert "| 7 | framework" in out
