@@ -8,7 +8,6 @@ numbers are drawn, so it is part of what makes a run repeatable.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -24,12 +23,13 @@ from torch import nn
 from . import distributed as D
 from . import recipe
 from .engine import EarlyStopping
+from .loss_build import (adapt_loss_to_head, build_loss, loss_kwargs, stage2_head,  # noqa: F401  (public here too)
+                         stage2_loss, stage2_loss_name)
 from .data_build import (DataBundle, build_augmentation, build_data, build_series_sets,  # noqa: F401  (public here too)
                          class_names_for, open_set_data)
 from .errors import ConfigError, DataError
 from .loader import BatchLoader
 from .optim import EpochSchedule, create_optimizer
-from .recipe import LOSS_KEYMAP
 from .runtime import original_cwd, resolve_path
 from .stage2 import make_stage2_plan
 
@@ -80,11 +80,6 @@ def check_names(cfg: DictConfig) -> None:
         head=(stage2_head(cfg) or head) if s2.enabled else head, eval_classifier=str(cfg.evaluation.classifier),
         stage3_mode=str(cfg.stage3.mode), posthoc=cfg.evaluation.eval_logit_adjust == "posthoc")
     distill_options(cfg)  # a missing teacher run fails before any data is read
-
-
-def stage2_loss_name(cfg: DictConfig) -> str:
-    """Stage 2's loss: ``stage2.loss``, or LabelAwareSmoothing with ``stage2.label_aware_smoothing``."""
-    return recipe.stage2_loss_name(cfg.stage2.loss, bool(cfg.stage2.label_aware_smoothing))
 
 
 def model_options_from(cfg: DictConfig) -> Dict[str, Any]:
@@ -185,112 +180,6 @@ def build_model(cfg: DictConfig, data: DataBundle, device: torch.device, n_devic
     return model.to(device)
 
 
-def stage2_head(cfg: DictConfig) -> Optional[str]:
-    """The head stage 2 swaps in, or None: with ``model.head=auto`` and an LDAM stage-2 loss, cRT
-    re-initialises the classifier as the normalised head LDAM needs. Fine-tuning and LWS keep the
-    trained head, so they need a normalised one already (else a ConfigError)."""
-    s2 = cfg.stage2
-    if recipe.resolve_head("auto", stage2_loss_name(cfg)) != "cosine_ldam":
-        return None
-    stage1_head = recipe.resolve_head(cfg.model.head, cfg.loss.name)
-    if stage1_head in recipe.NORMED_HEADS:
-        return None
-    if cfg.model.head == "auto" and s2.mode == "crt" and bool(s2.reinit_classifier):
-        return "cosine_ldam"
-    raise ConfigError(f"stage2.loss={s2.loss} needs a normalised (cosine) head, but stage 2 ({s2.mode}) keeps the "
-                      f"stage-1 head ({stage1_head}); use stage2.mode=crt with model.head=auto, or "
-                      "model.head=cosine_ldam")
-
-
-def loss_kwargs(section: Any, *, fallback: Any = None, label_smoothing: float = 0.0,
-                total_epochs: int = 1) -> Dict[str, Any]:
-    """Keyword arguments for ``create_loss`` from a config section (stage 2's null values fall
-    back to the ``loss:`` section)."""
-    out: Dict[str, Any] = {}
-    for key, kw in LOSS_KEYMAP.items():
-        value = section.get(key) if key in section else None
-        if value is None and fallback is not None and key in fallback:
-            value = fallback.get(key)
-        if value is not None:
-            out[kw] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    out["label_smoothing"] = float(label_smoothing)
-    out["total_epochs"] = int(total_epochs)
-    return out
-
-
-def adapt_loss_to_head(name: str, mapped: Dict[str, Any], head: Optional[nn.Module]) -> Dict[str, Any]:
-    """LDAM on a cosine head (Cao et al. 2019: ``s * (cos - m_y)``): the head already multiplies
-    by s, so the loss uses scale 1 and margins ``s * m`` instead of scaling twice. An LWS wrapper
-    (per-class scales on the head's logits) is looked through: the scale is still applied once."""
-    from .heads import CosineMarginClassifier
-    from .losses import LOSSES
-    from .stage2 import LWSClassifier
-
-    if LOSSES.canonical(name) != "LDAMLoss":
-        return mapped
-    base = head.head if isinstance(head, LWSClassifier) else head
-    if not isinstance(base, CosineMarginClassifier):
-        raise ConfigError(f"LDAMLoss needs the normalised (cosine) head of the official code, not "
-                          f"{type(base).__name__}; use model.head=auto or model.head=cosine_ldam")
-    s = float(base.scale)
-    out = dict(mapped)
-    out["max_margin"] = s * float(mapped.get("max_margin", 0.5))
-    out["scale"] = 1.0
-    log.info("LDAMLoss on the cosine head: loss = CE(%g * (cos - m_y)), margins up to %g", s,
-             float(mapped.get("max_margin", 0.5)))
-    return out
-
-
-def build_loss(name: str, class_counts: Sequence[int], mapped: Dict[str, Any],
-               explicit: Optional[Dict[str, Any]] = None, head: Optional[nn.Module] = None, *,
-               sampler: Any = None, epochs: int = 1, smoothing_key: str = "training.label_smoothing",
-               prior_key: str = "loss.prior") -> nn.Module:
-    """``create_loss`` with the mapped config keys the loss accepts, plus ``explicit`` extras
-    (``loss.params``), which must all be accepted. ``head``: the model's classifier, for losses
-    whose form depends on it (LDAM on a cosine head). ``sampler``: the stage's sampler, whose
-    per-epoch class distribution is the loss's prior with ``prior=sampled``. Label smoothing on
-    a loss that has none is refused (``smoothing_key`` names the key to change)."""
-    from .losses import LOSSES, CombinedLoss, create_loss, loss_accepts
-    from .samplers import sampling_prior
-
-    cls = LOSSES.get(name)
-    canon = LOSSES.canonical(name)
-    accepted = set(inspect.signature(cls).parameters)
-    mapped = adapt_loss_to_head(name, mapped, head)
-    smoothing = float(mapped.get("label_smoothing", 0.0) or 0.0)
-    if smoothing > 0 and not loss_accepts(canon, "label_smoothing"):
-        raise ConfigError(f"{smoothing_key}={smoothing:g}: label smoothing is defined for the cross-entropy family "
-                          f"only, not for {canon}; set {smoothing_key}=0")
-    kwargs = {k: v for k, v in mapped.items() if k in accepted}
-    for k, v in (explicit or {}).items():
-        if k not in accepted:
-            valid = sorted(accepted - {"class_counts", "self"})
-            raise ConfigError(f"loss {name} has no parameter {k!r}; its parameters: {', '.join(valid)}")
-        kwargs[k] = v
-    if cls is CombinedLoss:
-        wanted = CombinedLoss.shared_keywords(kwargs.get("losses"))
-        kwargs["shared"] = {**{k: v for k, v in mapped.items() if k in wanted and k != "total_epochs"},
-                            **(kwargs.get("shared") or {})}
-    if kwargs.get("prior") == "sampled":
-        table = np.stack([sampling_prior(sampler, class_counts, e) for e in range(max(1, int(epochs)))])
-        kwargs["sampled_prior"] = table
-        log.info("%s: prior=sampled, the class distribution the sampler draws (%s)", canon,
-                 "per epoch" if sampler is not None else "no sampler: the training prior")
-    return create_loss(name, class_counts=list(map(int, class_counts)), **kwargs)
-
-
-def stage2_loss(cfg: DictConfig, class_counts: np.ndarray, head: Optional[nn.Module] = None,
-                sampler: Any = None) -> nn.Module:
-    s2 = cfg.stage2
-    smoothing = s2.label_smoothing if s2.label_smoothing is not None else cfg.training.label_smoothing
-    mapped = loss_kwargs(s2, fallback=cfg.loss, label_smoothing=float(smoothing), total_epochs=int(s2.epochs))
-    name = stage2_loss_name(cfg)
-    explicit = OmegaConf.to_container(cfg.loss.params, resolve=True) if name == cfg.loss.name else {}
-    key = "stage2.label_smoothing" if s2.label_smoothing is not None else "training.label_smoothing (inherited by stage 2)"
-    return build_loss(name, class_counts, mapped, explicit, head=head, sampler=sampler, epochs=int(s2.epochs),
-                      smoothing_key=key, prior_key="stage2.prior")
-
-
 def build_sampler(name: str, labels: np.ndarray, *, alpha: float, alpha_start: float, alpha_end: float,
                   total_epochs: int, seed: int, num_classes: int, shard: bool = True,
                   drs_start: Optional[int] = None, drs_beta: Optional[float] = None) -> Any:
@@ -381,6 +270,56 @@ def stage1_checkpoint_name(cfg: DictConfig) -> str:
 
 def cfg_eval_batch(cfg: DictConfig) -> int:
     return int(cfg.evaluation.batch_size)
+
+
+def place_data(cfg: DictConfig, data: DataBundle, device: torch.device) -> DataBundle:
+    """``data.on_device``: the bundle with its training and validation sets copied once to the
+    accelerator (:class:`~imbalance.loader.DeviceResidentData`) when the setting and their size
+    allow (:func:`~imbalance.loader.resolve_on_device`); on the CPU the bundle itself."""
+    import dataclasses
+
+    from .loader import DeviceResidentData, dataset_nbytes, resolve_on_device
+
+    nbytes = dataset_nbytes(data.train) + dataset_nbytes(data.val)
+    keep, why = resolve_on_device(cfg.data.on_device, device, nbytes)
+    if device.type != "cpu":
+        log.info("data: %s", why)
+    if not keep:
+        return data
+    return dataclasses.replace(data, train=DeviceResidentData(data.train, device),
+                               val=DeviceResidentData(data.val, device))
+
+
+def planned_compile_steps(cfg: DictConfig, data: DataBundle) -> int:
+    """Training steps of the configured schedule (``compile: auto``): stage-1 epochs x batches,
+    plus stage 2's when it runs the backbone (no feature cache, as :func:`build_stage2` decides);
+    early stopping not counted."""
+    from .compilation import planned_steps
+
+    n, bs, drop = len(data.train), int(cfg.data.batch_size), bool(cfg.data.drop_last)
+    steps = planned_steps(n_samples=n, batch_size=bs, epochs=int(cfg.training.epochs), drop_last=drop)
+    s2, mix = cfg.stage2, cfg.data.augment.mix
+    eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
+    mixes = str(mix.name) != "none" and bool(mix.stage2)
+    cached = bool(s2.feature_cache) and s2.mode in ("crt", "lws", "crt_lws") and eval_mode_backbone and \
+        build_augmentation(cfg, data) is None and not mixes
+    if s2.enabled and not cached:
+        steps += planned_steps(n_samples=n, batch_size=bs, epochs=int(s2.epochs), drop_last=drop)
+    return steps
+
+
+def compile_for_run(cfg: DictConfig, data: DataBundle, model: nn.Module, device: torch.device, precision: Any,
+                    n_devices: int = 1) -> tuple:
+    """``compile`` / ``compile_cache_dir`` applied to the run's model (:mod:`imbalance.compilation`):
+    returns (model, decision)."""
+    from .compilation import compile_model
+
+    per_device = max(1, int(cfg.data.batch_size) // max(1, n_devices))
+    return compile_model(model, cfg.compile, planned=planned_compile_steps(cfg, data),
+                         batch_shape=(min(per_device, max(1, len(data.train))), data.num_channels, data.length),
+                         device=device, autocast=precision.autocast,
+                         eval_batch=min(cfg_eval_batch(cfg), max(1, len(data.val))),
+                         cache_dir=cfg.compile_cache_dir, agree=D.broadcast_object if D.is_enabled() else None)
 
 
 # =============================================================================================

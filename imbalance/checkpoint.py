@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 STAGES = (2, 1)  # most advanced first
 RUNTIME_KEYS = (
     "device", "gpus", "num_threads", "progress_bar", "console_log_interval", "compile",
-    "data.num_workers", "data.pin_memory", "evaluation.batch_size",
+    "data.num_workers", "data.pin_memory", "evaluation.batch_size", "compile_cache_dir", "data.on_device",
 )
 """Keys a resumed run takes from the new command line (they do not change what is computed)."""
 
@@ -146,6 +146,10 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({msg[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'model' entry)")
+    if isinstance(state["model"], dict):  # weights saved from a torch.compile wrapper load without compile
+        from .compilation import strip_compile_prefix
+
+        state["model"] = strip_compile_prefix(state["model"])
     return state
 
 

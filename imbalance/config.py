@@ -95,6 +95,7 @@ class DataConfig:
     normalize_mode: str = "rms"  # rms / zscore: per series over its own samples (zscore: per channel)
     mask: Any = "auto"  # auto / true / false: observation-mask channel for mask-aware models
     val_min_per_class: int = 1  # validation samples per class at least (smaller classes stay in training)
+    on_device: Any = "auto"  # auto (keep train/val tensors on the accelerator when they fit) / true / false
 
 
 @dataclass
@@ -388,7 +389,7 @@ class Config:
     create_imbalance: bool = True
     mode: str = "train"  # train / eval / incremental
     resume: Optional[str] = None
-    compile: bool = False
+    compile: Any = "auto"  # auto (when the planned work pays for it: imbalance.compilation) / true / false
     num_threads: int = 0  # 0: one intra-op thread per core
     progress_bar: str = "auto"  # auto (only on a terminal) / true / false
     data: DataConfig = field(default_factory=DataConfig)
@@ -409,6 +410,7 @@ class Config:
     logger: Dict[str, Any] = field(default_factory=dict)
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    compile_cache_dir: Optional[str] = None  # torch.compile's cache; null: ~/.cache/imbalance/torch_compile
 
 
 def with_schema(cfg: Any) -> Any:
@@ -467,9 +469,7 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = N
 
 
 # --------------------------------------------------------------------------------------------
-# Validation of values (names are validated by the registries when components are built).
+# Validation of values (imbalance.config_checks; names are validated by the registries when
+# components are built). Public here too.
 # --------------------------------------------------------------------------------------------
-
-
-# The checks of values (ranges, choices, combinations): imbalance.config_checks; public here too.
 from .config_checks import parse_tau, parse_temperature, validate  # noqa: E402,F401

@@ -25,6 +25,8 @@ _CHOICES = {
     "incremental.lwf_ce": ("new", "all"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "progress_bar": ("auto", "true", "false", True, False),
+    "compile": ("auto", "true", "false", True, False),
+    "data.on_device": ("auto", "true", "false", True, False),
     "openset.protocol": (None, "random", "head_unknown", "tail_unknown", "stratified"),
     "training.sam.mode": ("sam", "imbsam"),
     "stage2.maxnorm_every": ("epoch", "step"),

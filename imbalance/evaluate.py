@@ -197,7 +197,9 @@ def load_trained_model(run_or_checkpoint: os.PathLike | str,
         num_channels=int(ckpt["num_channels"]), length=int(ckpt["length"]),
         calibration=dict(ckpt.get("calibration") or {}), mask_channel=bool(ckpt.get("mask_channel", False)),
     )
-    state = ckpt["model"]
+    from .compilation import strip_compile_prefix
+
+    state = strip_compile_prefix(ckpt["model"])  # weights saved from a compiled module load without compile
     # norm_kind=auto depends on the per-device batch, so on how many GPUs the run used
     # (DataParallel): try one device first, then the run's GPU list.
     candidates = [int(ckpt["n_devices"])] if "n_devices" in ckpt else [1]
@@ -450,6 +452,9 @@ def run_eval(cfg: DictConfig, run_dir: os.PathLike) -> float:
         bs = int(cfg.evaluation.batch_size) if user_set(cfg, "evaluation.batch_size", src_cfg.evaluation.batch_size,
                                                          overrides) else int(src_cfg.evaluation.batch_size)
         loader = BatchLoader(test, bs, device=device, pin_memory=bool(cfg.data.pin_memory))
+        if str(cfg.compile).lower() == "true":
+            log.info("compile=true: mode=eval runs eagerly (one pass over the test set, with features; a compile "
+                     "would not pay back)")
 
         t0 = time.perf_counter()
         final = evaluate_model(model, loader, build_analyzer(res_cfg, info.class_counts.tolist()), precision=precision,

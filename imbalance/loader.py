@@ -8,12 +8,94 @@ of (seed, epoch) so that a resumed run sees the same batches.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 
+log = logging.getLogger(__name__)
+
 Batch = Tuple[torch.Tensor, torch.Tensor]
+
+ON_DEVICE_SETTINGS = ("auto", "true", "false")
+ON_DEVICE_FRACTION = 0.25
+"""``data.on_device: auto`` keeps a run's training and validation tensors on the accelerator when
+together they take at most this fraction of its free memory (the rest is for the model, its
+activations and the optimizer)."""
+
+
+def dataset_nbytes(dataset: Any) -> int:
+    """Bytes of a data set's signals and labels once gathered as tensors (float32 x, int64 y)."""
+    n = len(dataset)
+    x = getattr(dataset, "x", None)
+    if isinstance(x, torch.Tensor):
+        per = x.element_size() * int(x[0].numel()) if n else 0
+    else:  # lazily read: float32 once gathered
+        per = 4 * int(getattr(dataset, "num_channels", 1)) * int(getattr(dataset, "length", 1))
+    return n * (per + 8)
+
+
+def resolve_on_device(setting: Any, device: Optional[torch.device], nbytes: int,
+                      free_bytes: Optional[int] = None, fraction: float = ON_DEVICE_FRACTION) -> Tuple[bool, str]:
+    """Whether data of ``nbytes`` should live on ``device`` (``data.on_device``: auto / true /
+    false) and why. Never on the CPU (the data already is where the model is: nothing changes).
+    ``auto``: when ``nbytes <= fraction * free_bytes`` (``free_bytes`` default: the accelerator's
+    free memory, ``torch.cuda.mem_get_info``)."""
+    text = ("true" if setting else "false") if isinstance(setting, bool) else str(setting).strip().lower()
+    if text not in ON_DEVICE_SETTINGS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"data.on_device={setting!r} is not valid; valid values: auto, true, false")
+    if device is None or device.type == "cpu":
+        return False, "the device is the CPU: batches are gathered in host memory as before"
+    if text == "false":
+        return False, "data.on_device=false"
+    mib = nbytes / 2 ** 20
+    if text == "true":
+        return True, f"data.on_device=true ({mib:.0f} MiB)"
+    if free_bytes is None:
+        if device.type != "cuda":
+            return False, f"data.on_device=auto: the free memory of {device} is unknown"
+        free_bytes = int(torch.cuda.mem_get_info(device)[0])
+    limit = fraction * float(free_bytes)
+    if nbytes <= limit:
+        return True, (f"data.on_device=auto: {mib:.0f} MiB of training data fit in {fraction:.0%} of the "
+                      f"{free_bytes / 2 ** 30:.1f} GiB free on {device}")
+    return False, (f"data.on_device=auto: {mib:.0f} MiB of training data exceed {fraction:.0%} of the "
+                   f"{free_bytes / 2 ** 30:.1f} GiB free on {device}; batches are copied from host memory")
+
+
+class DeviceResidentData:
+    """A data set's signals and labels copied once to ``device``; ``get_batch(idx)`` gathers the
+    batch there by index (no per-batch host-to-device copy, no pinned staging). ``labels`` stay
+    the host array (samplers read them)."""
+
+    def __init__(self, dataset: Any, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.source = dataset
+        x, y = dataset.get_batch(torch.arange(len(dataset)))
+        self.x = x.to(self.device)
+        self.y = torch.as_tensor(y, dtype=torch.long).to(self.device)
+        self.labels = getattr(dataset, "labels", None)
+
+    def __getattr__(self, name: str) -> Any:
+        # everything else (classes, class_counts, num_channels, length, subset ...) is the host data set's
+        if name in ("source", "device", "x", "y"):
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __repr__(self) -> str:
+        return f"DeviceResidentData({self.source!r}, device={self.device})"
+
+    def get_batch(self, idx: torch.Tensor) -> Batch:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if idx.device != self.device:
+            idx = idx.to(self.device)
+        return self.x[idx], self.y[idx]
 
 
 class TensorPairDataset:
@@ -51,7 +133,10 @@ class BatchLoader:
             batch of one process with ``n`` times the batch size. Without it (evaluation) rank r
             takes the r-th contiguous, unpadded block: concatenated in rank order the blocks are
             the epoch order, each sample once (``is_eval_shard``; gathered by ``engine.predict``).
-        device: move batches there (non-blocking from pinned memory when ``pin_memory``).
+        device: move batches there (non-blocking from pinned memory when ``pin_memory``). A
+            :class:`DeviceResidentData` on that device is gathered there instead: the epoch's
+            indices go to the device once, each batch is indexed on it, and the augmentation draws
+            its random numbers there (a generator on the device, seeded as on the host).
     """
 
     def __init__(
@@ -137,19 +222,29 @@ class BatchLoader:
             return n // self.batch_size
         return math.ceil(n / self.batch_size)
 
+    @property
+    def resident(self) -> bool:
+        """True when the data set lives on this loader's device (:class:`DeviceResidentData`)."""
+        where = getattr(self.dataset, "device", None)
+        return self.device is not None and where is not None and torch.device(where) == torch.device(self.device)
+
     def __iter__(self) -> Iterator[Batch]:
         idx = self.epoch_indices()
+        resident = self.resident
+        if resident:
+            idx = idx.to(self.device)
         n = len(idx)
         n_batches = len(self)
         gen = None
         if self.augment is not None:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * self.epoch + 1)
+            gen = torch.Generator(device=self.device if resident else "cpu")
+            gen.manual_seed(self.seed * 1_000_003 + 7919 * self.epoch + 1)
         for b in range(n_batches):
             bidx = idx[b * self.batch_size : min((b + 1) * self.batch_size, n)]
             x, y = self.dataset.get_batch(bidx)
             if self.augment is not None:
                 x = self.augment(x, generator=gen)
-            if self.device is not None and self.device.type != "cpu":
+            if not resident and self.device is not None and self.device.type != "cpu":
                 if self.pin_memory:
                     x, y = x.pin_memory(), y.pin_memory()
                 x = x.to(self.device, non_blocking=self.pin_memory)

@@ -123,7 +123,7 @@ def _context(cfg: DictConfig, folder: RunFolder, point: Any, on_batch_end: Optio
              f" (DataParallel over GPUs {gpu_ids})" if len(gpu_ids) > 1 else "", torch.get_num_threads(),
              precision.name)
     t0 = time.perf_counter()
-    data = B.build_data(cfg)
+    data = B.place_data(cfg, B.build_data(cfg), device)
     class_names = B.class_names_for(cfg, data.classes)
     timings["data"] = time.perf_counter() - t0
 
@@ -138,8 +138,7 @@ def _context(cfg: DictConfig, folder: RunFolder, point: Any, on_batch_end: Optio
         model = D.wrap_ddp(model, device)
     elif len(gpu_ids) > 1:
         model = nn.DataParallel(model, device_ids=gpu_ids)
-    if cfg.compile:
-        model = torch.compile(model)
+    model, compiled = B.compile_for_run(cfg, data, model, device, precision, n_devices=n_devices)
 
     writer = MetricsWriter(folder.metrics_csv) if env.is_main else None
     if writer is not None and point is not None:
@@ -152,7 +151,7 @@ def _context(cfg: DictConfig, folder: RunFolder, point: Any, on_batch_end: Optio
                      progress=B.progress_enabled(cfg.progress_bar) and env.is_main,
                      console_log_interval=int(cfg.console_log_interval), pin_memory=bool(cfg.data.pin_memory),
                      resume=point, on_batch_end=on_batch_end)
-    return ctx, class_names, {"name": cfg.model.name, **info}
+    return ctx, class_names, {"name": cfg.model.name, **info, "compile": compiled.as_dict()}
 
 
 def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_start: float, tracker: Any,

@@ -141,15 +141,23 @@ def auto_batch_size(device: torch.device, length: int) -> int:
 def predict_file(run_or_checkpoint: str, input_path: str, *, batch_size: Optional[int] = None, device: str = "cpu",
                  allow_resize: bool = False, data_key: Optional[str] = None, label_key: Optional[str] = None,
                  precision: str = "auto", detector: Optional[str] = None,
-                 threshold: Optional[float] = None) -> Predictions:
+                 threshold: Optional[float] = None, compile: bool = False,
+                 compile_cache_dir: Optional[str] = None) -> Predictions:
     """Load a run's final model and predict every signal of ``input_path`` (labels optional);
-    with ``detector``, also its open-set scores and the unknown decision (module docstring)."""
+    with ``detector``, also its open-set scores and the unknown decision (module docstring).
+    ``compile``: ``torch.compile`` the model first (artifacts cached in ``compile_cache_dir``, see
+    :mod:`imbalance.compilation`); pays only for large files or a warm cache."""
     from .evaluate import load_trained_model
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available; use --device cpu")
     model, info = load_trained_model(run_or_checkpoint, device=dev)
+    if compile:
+        from .compilation import configure_cache
+
+        log.info("compiling the model (cache %s)", configure_cache(compile_cache_dir))
+        model = torch.compile(model)
     dcfg = info.config.data
     dkey = data_key if data_key is not None else dcfg.data_key
     mode = str(dcfg.get("normalize_mode", "rms"))
@@ -257,6 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "are predicted 'unknown'")
     parser.add_argument("--threshold", type=float, default=None,
                         help="with --detector: score threshold (default: the run's, chosen on known validation)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (pays for large files; cached on disk)")
+    parser.add_argument("--compile-cache-dir", default=None,
+                        help="torch.compile's cache folder (default ~/.cache/imbalance/torch_compile)")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -272,7 +284,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         preds = predict_file(args.run, args.input, batch_size=args.batch_size, device=device,
                              allow_resize=args.allow_resize, data_key=args.data_key, label_key=args.label_key,
-                             precision=args.precision, detector=args.detector, threshold=args.threshold)
+                             precision=args.precision, detector=args.detector, threshold=args.threshold,
+                             compile=args.compile,
+                             compile_cache_dir=args.compile_cache_dir)
         n = write_predictions_csv(args.out, preds, top_k=args.top_k)
     except UserError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -365,6 +365,8 @@ def unused_user_keys(cfg: Any, user_keys: Set[str]) -> List[Tuple[str, str]]:
             why = "data.normalize is false"
         elif key.startswith("data.augment.") and key != "data.augment.enabled" and not cfg.data.augment.enabled:
             why = "data.augment.enabled is false"
+        elif key == "compile_cache_dir" and str(cfg.compile).lower() == "false":
+            why = "compile=false: nothing is compiled"
         elif key.startswith("model.head_params.") and str(cfg.model.head) in ("auto", "linear"):
             why = f"model.head={cfg.model.head} has no options"
         elif key in ("early_stopping.patience", "early_stopping.min_delta", "early_stopping.min_epochs") and \
