@@ -40,6 +40,9 @@ DEMO_KW = {
     "ResNetFrequencyExpert": dict(width=16, depth=3),
     "MixtureOfExpertsConvNet": dict(width=32, depth=4),
     "MixtureOfExpertsResNet": dict(width=16, depth=3),
+    "InceptionTime": dict(width=16, depth=3),
+    "FCN": dict(width=32, depth=3),
+    "ResNetTSC": dict(width=16, depth=3),
     "SignalTransformer": dict(width=64, depth=2),  # the "tiny" size (transformers.py)
     "ConvTransformer": dict(width=64, depth=2),
 }

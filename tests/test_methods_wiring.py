@@ -84,7 +84,7 @@ def test_train_one_epoch_with_sam_steps_from_w_with_the_gradient_at_w_plus_e(cli
     g = torch.autograd.grad(loss(ref), list(ref.parameters()))
     norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
     rho, lr = 0.05, 0.3
-    at_w = float(loss(ref))
+    at_w = float(loss(ref).detach())
     with torch.no_grad():
         for p, gi in zip(ref.parameters(), g):
             p.add_(rho * gi / (norm + 1e-12))
