@@ -206,10 +206,6 @@ def plot_session_accuracy(history: Sequence[Dict[str, Any]], path_stem: Union[st
     series = [("all", "All classes", ps.OKABE_ITO["black"], "o", "-"),
               ("old", "Old classes", ps.OKABE_ITO["blue"], "s", "-"),
               ("new", "New classes", ps.OKABE_ITO["vermillion"], "^", "--")]
-    out: List[Path] = []
-    ft = logging.getLogger("fontTools")
-    if ft.level == logging.NOTSET:
-        ft.setLevel(logging.WARNING)
     with ps.journal_style():
         fig, ax = ps.new_figure(panel_mm, panel_scale, 0.62)
         for key, label, color, marker, ls in series:
@@ -225,10 +221,7 @@ def plot_session_accuracy(history: Sequence[Dict[str, Any]], path_stem: Union[st
             ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
         ax.legend(loc="lower left", fontsize=ps.SMALL_SIZE)
         ps.declutter_tick_labels(fig)
-        for ext in ("png", "pdf"):
-            p = stem.with_suffix("." + ext)
-            fig.savefig(p, dpi=dpi)
-            out.append(p)
+        out = ps.save_png_pdf(fig, stem, dpi)
         import matplotlib.pyplot as plt
 
         plt.close(fig)

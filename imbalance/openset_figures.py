@@ -229,19 +229,6 @@ OPENSET_FIGURES: Dict[str, Callable[..., Any]] = {
 }
 
 
-def _save(fig, stem: Path, dpi: float) -> List[Path]:
-    out = []
-    ft = logging.getLogger("fontTools")
-    if ft.level == logging.NOTSET:  # its PDF font subsetting logs every glyph at INFO
-        ft.setLevel(logging.WARNING)
-    with ps.journal_style():
-        for ext in ("png", "pdf"):
-            p = stem.with_suffix("." + ext)
-            fig.savefig(p, dpi=dpi)
-            out.append(p)
-    return out
-
-
 def save_openset_figures(
     out_dir: Union[str, Path],
     *,
@@ -288,7 +275,7 @@ def save_openset_figures(
                 warnings.filterwarnings("ignore", message=".*[Tt]ight.?layout.*")
                 fig = make()
                 ps.declutter_tick_labels(fig)
-            written += _save(fig, out / name, dpi)
+            written += ps.save_png_pdf(fig, out / name, dpi)
             logger.info("figure %s written", name)
         except Exception:  # one figure must not lose the others
             logger.exception("figure %s failed; continuing with the others", name)

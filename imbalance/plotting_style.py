@@ -197,6 +197,24 @@ def new_figure(panel_mm: float, panel_scale: float, aspect: float, nrows: int = 
     return fig, axes
 
 
+def save_png_pdf(fig, path_stem, dpi: float) -> list:
+    """Write ``fig`` as ``<path_stem>.png`` and ``.pdf`` in the journal style; returns the paths.
+    (fontTools, which subsets the PDF fonts, is kept to warnings: it logs every glyph at INFO.)"""
+    import logging
+    from pathlib import Path
+
+    ft = logging.getLogger("fontTools")
+    if ft.level == logging.NOTSET:
+        ft.setLevel(logging.WARNING)
+    out = []
+    with journal_style():
+        for ext in ("png", "pdf"):
+            p = Path(path_stem).with_suffix("." + ext)
+            fig.savefig(p, dpi=dpi)
+            out.append(p)
+    return out
+
+
 def panel_label(ax, letter: str) -> None:
     """Bold lower-case panel letter (Nature style) at the top-left, as the axes' left title
     (so the layout engine reserves room for it)."""

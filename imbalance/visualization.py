@@ -972,19 +972,6 @@ def make_figure(name: str, art: RunArtifacts, cfg: dict):
     return fig
 
 
-def _save(fig, path_stem: Path, dpi: float) -> list[Path]:
-    out = []
-    ft = logging.getLogger("fontTools")
-    if ft.level == logging.NOTSET:  # its PDF font subsetting logs every glyph at INFO
-        ft.setLevel(logging.WARNING)
-    with ps.journal_style():
-        for ext in ("png", "pdf"):
-            p = path_stem.with_suffix("." + ext)
-            fig.savefig(p, dpi=dpi)
-            out.append(p)
-    return out
-
-
 def visualize_all_results(
     run_dir: str | Path,
     viz: dict | None = None,
@@ -1020,7 +1007,7 @@ def visualize_all_results(
         fig = None
         try:
             fig = make_figure(name, art, cfg)
-            written += _save(fig, art.results_dir / name, float(cfg["dpi"]))
+            written += ps.save_png_pdf(fig, art.results_dir / name, float(cfg["dpi"]))
             logger.info("figure %s written (%.1f s)", name, time.perf_counter() - t0)
         except _Skip as exc:
             logger.warning("figure %s skipped: %s", name, exc)
