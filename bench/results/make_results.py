@@ -1,6 +1,6 @@
 """Tables of the results suite: run folders of ``run_suite.py`` -> the tables of docs/RESULTS.md.
 
-    python bench/results/make_results.py --root /work/evidence/19/runs > tables.md
+    python bench/results/make_results.py --root experiments/results_suite > tables.md
 
 Reads only ``results/results.json`` and ``logs/metrics.csv`` of each run, and the published
 numbers in ``bench/results/published.csv`` (one row per line of the published result files,

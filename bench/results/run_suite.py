@@ -1,6 +1,6 @@
 """The results suite: train datasets x methods x seeds, one run at a time, with the command line.
 
-    python bench/results/run_suite.py PLAN [PLAN ...] --root /work/evidence/19/runs [--dry-run]
+    python bench/results/run_suite.py PLAN [PLAN ...] [--root experiments/results_suite] [--dry-run]
     python bench/results/run_suite.py --list
 
 Each job is ``python main.py <overrides> hydra.run.dir=<root>/<plan>/<job>``; a job whose
@@ -118,7 +118,9 @@ def plan_adsb() -> List[Job]:
     return jobs
 
 
-DONEWHEN_DIR = "/work/evidence/19/data/OSULeaf"
+#: Where the .mat pairs of the donewhen / plaid plans lie (python -m imbalance.archives ... --out DIR).
+DATA_DIR = os.environ.get("IMBALANCE_SUITE_DATA", "data/results_suite")
+DONEWHEN_DIR = os.path.join(DATA_DIR, "OSULeaf")
 
 
 def plan_donewhen() -> List[Job]:
@@ -130,7 +132,7 @@ def plan_donewhen() -> List[Job]:
 def plan_plaid() -> List[Job]:
     """PLAID (naturally imbalanced, variable length 100..1344) as a .mat pair with its mask, the
     issue's motivating case; one seed (about an hour of one loaded core)."""
-    d = "/work/evidence/19/data/PLAID"
+    d = os.path.join(DATA_DIR, "PLAID")
     return [("PLAID_mat_s0", ["experiment=tsc_small_data", f"data.path_train={d}/train.mat",
                               f"data.path_test={d}/test.mat", "training.epochs=100", "seed=0"])]
 
