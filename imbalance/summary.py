@@ -917,26 +917,31 @@ def plot_comparison(groups: Any, path: Path, *, sort_by: str = "macc", top: int 
     import matplotlib.pyplot as plt
     import numpy as np
 
+    import textwrap
+
     sub = groups.head(top).iloc[::-1]
     metrics = [m for m in ("macc", "few_acc", "hm") if sub[f"{m}_mean"].notna().any()]
     y = np.arange(len(sub))
     h = 0.8 / max(len(metrics), 1)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(sub) * max(1, len(metrics)) / 2))
+    labels = ["\n".join(textwrap.wrap(f"{c} (n={n})", 48, break_on_hyphens=False))
+              for c, n in zip(sub["config"], sub["n"])]
+    lines = max((lab.count("\n") + 1 for lab in labels), default=1)
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.3 * len(sub) * max(lines, max(1, len(metrics)) / 1.5)))
     for k, m in enumerate(metrics):
         mean = 100 * sub[f"{m}_mean"].to_numpy(dtype=float)
         std = 100 * sub[f"{m}_std"].fillna(0.0).to_numpy(dtype=float)
         ax.barh(y + (k - (len(metrics) - 1) / 2) * h, np.nan_to_num(mean), height=h, xerr=std,
                 label=METRIC_TITLES[m], capsize=2)
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{c} (n={n})" for c, n in zip(sub["config"], sub["n"])], fontsize=7)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_ylim(-0.6, len(sub) - 0.4)
     ax.set_xlabel("%  (mean ± std over seeds)")
     ax.set_xlim(0, 100)
-    ax.set_title(f"Sorted by test {METRIC_TITLES.get(sort_by, sort_by)} (for reading; selection is by validation)",
-                 fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Sorted by test {METRIC_TITLES.get(sort_by, sort_by)}\n(for reading; selection is by validation)",
+                 fontsize=9, loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(metrics), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 
