@@ -65,6 +65,28 @@ def ratio_summary(base: Sequence[float], ours: Sequence[float]) -> Dict[str, flo
             "n": len(ratios)}
 
 
+def run_main(overrides: Sequence[str], run_dir: str) -> Tuple[dict, float, float]:
+    """``python main.py <overrides> hydra.run.dir=<run_dir>`` in a child process: (its
+    results.json, wall seconds, the child's CPU seconds). A failed run ends the benchmark with
+    the tail of its output."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    with open(os.path.join(run_dir, "results", "results.json")) as fh:
+        res = json.load(fh)
+    return res, wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
 def machine_line() -> str:
     """CPU model, cores, load average and library versions, for the report."""
     import torch

@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-from _util import ROOT, machine_line  # noqa: E402
+from _util import machine_line, run_main  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -81,19 +77,9 @@ def step_times(size: str, warmup: int, steps: int, num_classes: int = 10):
 
 def run_demo(amp: bool, seed: int, out_dir: str, overrides):
     run_dir = os.path.join(out_dir, f"amp{int(amp)}_seed{seed}")
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"amp={str(amp).lower()}", f"seed={seed}",
-           "exp_name=bench_amp", "visualization.enabled=false", f"hydra.run.dir={run_dir}", *overrides]
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    with open(os.path.join(run_dir, "results", "results.json")) as fh:
-        res = json.load(fh)
+    res, wall, cpu = run_main([f"amp={str(amp).lower()}", f"seed={seed}", "exp_name=bench_amp",
+                               "visualization.enabled=false", *overrides], run_dir)
     f = res["metrics"]["final"]["overall"]
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {"amp": amp, "seed": seed, "precision": res.get("precision"), "oa": f["oa"], "macc": f["macc"],
             "stage1_s": res["timings"].get("stage1"), "wall_s": wall, "cpu_s": cpu,
             "epochs": res.get("stages", {}).get("stage1", {}).get("epochs_run")}

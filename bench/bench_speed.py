@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _util import ROOT, interleaved, machine_line, ratio_summary, timed2  # noqa: E402
+from _util import ROOT, interleaved, machine_line, ratio_summary, run_main, timed2  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -352,22 +351,13 @@ def part_accuracy(args) -> None:
     for seed in args.seeds:
         for setting in ("false", "true"):
             run_dir = os.path.join(out_dir, f"compile_{setting}_seed{seed}")
-            cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"compile={setting}", f"seed={seed}",
-                   "exp_name=bench_speed", "visualization.enabled=false", f"hydra.run.dir={run_dir}",
-                   f"num_threads={args.threads}", *args.override]
+            overrides = [f"compile={setting}", f"seed={seed}", "exp_name=bench_speed", "visualization.enabled=false",
+                         f"num_threads={args.threads}", *args.override]
             if args.cache_dir:
-                cmd.append(f"compile_cache_dir={args.cache_dir}")
-            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if proc.returncode != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-            res = json.loads(Path(run_dir, "results", "results.json").read_text())
+                overrides.append(f"compile_cache_dir={args.cache_dir}")
+            res, wall, cpu = run_main(overrides, run_dir)
             f = res["metrics"]["final"]["overall"]
-            rows.append({"compile": setting, "seed": seed, "macc": f["macc"], "oa": f["oa"], "wall": wall,
-                         "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+            rows.append({"compile": setting, "seed": seed, "macc": f["macc"], "oa": f["oa"], "wall": wall, "cpu": cpu,
                          "compiled": res["model_info"].get("compile", {}).get("compile")})
             r = rows[-1]
             print(f"  compile={setting:5s} seed {seed}: test OA {100 * r['oa']:.2f}%  mAcc {100 * r['macc']:.2f}%  "
