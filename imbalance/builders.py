@@ -298,14 +298,20 @@ def planned_compile_steps(cfg: DictConfig, data: DataBundle) -> int:
 
     n, bs, drop = len(data.train), int(cfg.data.batch_size), bool(cfg.data.drop_last)
     steps = planned_steps(n_samples=n, batch_size=bs, epochs=int(cfg.training.epochs), drop_last=drop)
-    s2, mix = cfg.stage2, cfg.data.augment.mix
-    eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
-    mixes = str(mix.name) != "none" and bool(mix.stage2)
-    cached = bool(s2.feature_cache) and s2.mode in ("crt", "lws", "crt_lws") and eval_mode_backbone and \
-        build_augmentation(cfg, data) is None and not mixes
+    s2 = cfg.stage2
+    cached = stage2_feature_cache(cfg, frozen_backbone=s2.mode != "finetune", augment=build_augmentation(cfg, data))
     if s2.enabled and not cached:
         steps += planned_steps(n_samples=n, batch_size=bs, epochs=int(s2.epochs), drop_last=drop)
     return steps
+
+
+def stage2_feature_cache(cfg: DictConfig, *, frozen_backbone: bool, augment: Any) -> bool:
+    """Whether stage 2 trains on features cached once: ``stage2.feature_cache``, a frozen backbone
+    in eval mode (LWS or ``freeze_bn``, no shift BN), no augmentation and no stage-2 mixing."""
+    s2, mix = cfg.stage2, cfg.data.augment.mix
+    eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
+    mixes = str(mix.name) != "none" and bool(mix.stage2)
+    return bool(s2.feature_cache) and frozen_backbone and eval_mode_backbone and augment is None and not mixes
 
 
 def compile_for_run(cfg: DictConfig, data: DataBundle, model: nn.Module, device: torch.device, precision: Any,
@@ -432,9 +438,7 @@ def build_stage2(cfg: DictConfig, data: DataBundle, model: nn.Module, device: to
                             num_classes=data.num_classes)
     epochs = int(s2.epochs)
     augment = build_augmentation(cfg, data)
-    eval_mode_backbone = (s2.mode == "lws" or bool(s2.freeze_bn)) and not bool(s2.shift_bn)
-    mixes = str(cfg.data.augment.mix.name) != "none" and bool(cfg.data.augment.mix.stage2)
-    use_cache = bool(s2.feature_cache) and plan.frozen_backbone and eval_mode_backbone and augment is None and not mixes
+    use_cache = stage2_feature_cache(cfg, frozen_backbone=plan.frozen_backbone, augment=augment)
     set_train_mode = plan.set_train_mode
     if s2.shift_bn:
         from .bn_tools import with_shift_bn
