@@ -100,7 +100,18 @@ def _teacher_part(teacher_logits: Optional[torch.Tensor], num_old: int, who: str
     return teacher_logits[:, :num_old]
 
 
-class FinetuneLoss(nn.Module):
+class _WrapsBaseLoss(nn.Module):
+    """A loss built around the run's classification loss ``base_loss``: ``set_epoch`` reaches it
+    (e.g. LDAM's deferred re-weighting)."""
+
+    base_loss: nn.Module
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base_loss, "set_epoch"):
+            self.base_loss.set_epoch(epoch)
+
+
+class FinetuneLoss(_WrapsBaseLoss):
     """Fine-tuning baseline: the run's classification loss ``base_loss(logits, targets)``
     (default cross-entropy) on new data + replayed exemplars; the teacher is not used."""
 
@@ -113,7 +124,7 @@ class FinetuneLoss(nn.Module):
         return self.base_loss(logits, targets)
 
 
-class LwFLoss(nn.Module):
+class LwFLoss(_WrapsBaseLoss):
     """Learning without Forgetting (Li & Hoiem 2016/2017): ``CE + lambda * KD``.
 
     ``KD = kd_cross_entropy(logits[:, :num_old], teacher_logits[:, :num_old], T)`` with the
@@ -185,7 +196,7 @@ class ICaRLLoss(nn.Module):
         return F.binary_cross_entropy_with_logits(z, target)
 
 
-class WALoss(nn.Module):
+class WALoss(_WrapsBaseLoss):
     """Weight Aligning's training loss (Zhao et al. 2020, eq. 5): ``(1 - l) * CE + l * KD`` with
     ``l = num_old / num_classes`` (the paper's ``n / (n + m)``) and ``KD`` =
     :func:`kd_cross_entropy` at ``T = 2`` on the old classes' logits.  Same form in PyCIL

@@ -167,11 +167,9 @@ class BoundTeacherLoss(nn.Module):
         return getattr(self.loss, "epoch", None)
 
     def set_epoch(self, epoch: int) -> None:
-        """Pass the epoch on to a scheduled loss and to the base loss it wraps (e.g. LDAM's
-        deferred re-weighting inside an incremental loss)."""
-        for m in (self.loss, getattr(self.loss, "base_loss", None)):
-            if m is not None and hasattr(m, "set_epoch"):
-                m.set_epoch(epoch)
+        """Pass the epoch on to ``loss`` (which passes it on to a base loss it wraps)."""
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(epoch)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         t = None if self.hook is None else self.hook.logits

@@ -369,3 +369,17 @@ def test_record_and_summary_show_the_teacher_student_pair(teacher_run, tmp_path)
     assert (out / "distillation.csv").is_file()
     assert set(st.groups["distill"]) == {"-", "kd"}
     assert "+KD" in " ".join(st.groups["config"]) and "distillation" in " ".join(st.groups["type"])
+
+
+def test_set_epoch_reaches_the_base_loss_once():
+    class Scheduled(torch.nn.CrossEntropyLoss):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    base = Scheduled()
+    BoundTeacherLoss(DistillationLoss(base_loss=base, method="kd"), None).set_epoch(2)
+    assert base.epochs == [2]

@@ -20,6 +20,7 @@ from imbalance.incremental import (
 from imbalance.incremental_methods import (
     INCREMENTAL_METHODS,
     BoundTeacherLoss,
+    FinetuneLoss,
     ICaRLLoss,
     LwFLoss,
     TeacherHook,
@@ -338,3 +339,22 @@ def test_build_incremental_defaults_and_errors():
         build_incremental("wa", num_old=2, num_classes=4, eval_classifier="knn")
     with pytest.raises(ConfigError):
         build_incremental("wa", num_old=5, num_classes=4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda base: FinetuneLoss(base_loss=base),
+    lambda base: LwFLoss(num_old=2, base_loss=base),
+    lambda base: WALoss(num_old=2, num_classes=4, base_loss=base),
+])
+def test_set_epoch_reaches_a_scheduled_base_loss_once_through_the_bound_loss(make):
+    class Scheduled(torch.nn.CrossEntropyLoss):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    base = Scheduled()
+    BoundTeacherLoss(make(base), hook=None).set_epoch(3)
+    assert base.epochs == [3]
