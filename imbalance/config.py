@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+# Value checks (ranges, choices, combinations) live in imbalance.config_checks; public here too.
+from .config_checks import parse_tau, parse_temperature, validate  # noqa: F401
 from .errors import ConfigError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -466,10 +468,3 @@ def compose(overrides: Optional[List[str]] = None, config_dir: Optional[str] = N
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir or CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
-
-
-# --------------------------------------------------------------------------------------------
-# Validation of values (imbalance.config_checks; names are validated by the registries when
-# components are built). Public here too.
-# --------------------------------------------------------------------------------------------
-from .config_checks import parse_tau, parse_temperature, validate  # noqa: E402,F401
