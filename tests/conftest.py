@@ -45,6 +45,19 @@ def _close_figures():
         sys.modules["matplotlib.pyplot"].close("all")
 
 
+def interrupt_after(monkeypatch, global_epoch: int) -> None:
+    """Ctrl-C in the middle of global epoch ``global_epoch + 1`` (after its first batch), through
+    the run's batch hook; ``monkeypatch.undo()`` lets the next run go through."""
+    import imbalance.pipeline as P
+
+    def hook(epoch, batch):
+        if epoch == global_epoch + 1 and batch == 1:
+            raise KeyboardInterrupt
+
+    orig = P._train
+    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
+
+
 def tiny_cfg(*overrides: str):
     from imbalance.config import compose
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_cfg
+from conftest import interrupt_after, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -128,20 +128,13 @@ def test_predict_with_compile_matches_eager(twins, files, cache):
 
 def test_resume_with_compile_on(tmp_path, monkeypatch, cache):
     """An interrupted compiled run resumed with compile on ends like the uninterrupted compiled run."""
-    import imbalance.pipeline as P
     from imbalance.pipeline import run
 
     extra = ["compile=true", f"compile_cache_dir={cache}", "training.epochs=3", "stage2.epochs=2"]
     ref = tmp_path / "demo_20240101-000000-000001"
     run(tiny_cfg(*extra), run_dir=ref)
     rdir = tmp_path / "demo_20240101-000000-000002"
-
-    def hook(epoch, batch):
-        if epoch == 2 and batch == 1:
-            raise KeyboardInterrupt
-
-    orig = P._train
-    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
+    interrupt_after(monkeypatch, 1)
     with pytest.raises(SystemExit):
         run(tiny_cfg(*extra), run_dir=rdir)
     monkeypatch.undo()

@@ -21,7 +21,7 @@ pytest.importorskip("tensorboard", reason="tensorboard is not installed")
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install .[tracking])")
 from mlflow import MlflowClient  # noqa: E402
 
-from conftest import ROOT, TINY, tiny_cfg  # noqa: E402
+from conftest import ROOT, TINY, interrupt_after, tiny_cfg  # noqa: E402
 from imbalance.errors import ConfigError  # noqa: E402
 from imbalance.loggers import LOGGERS, flatten_config  # noqa: E402
 from imbalance.run_folder import METRICS_COLUMNS  # noqa: E402
@@ -246,18 +246,6 @@ def test_two_stage_run_logs_every_scalar_hparam_figure_and_artifact(tmp_path, st
 
 
 # --------------------------------------------------------------------------- resume
-def _interrupt_after(monkeypatch, global_epoch):
-    """Ctrl-C after the first batch of global epoch ``global_epoch + 1`` (as tests/test_resume.py)."""
-    import imbalance.pipeline as P
-
-    def hook(epoch, batch):
-        if epoch == global_epoch + 1 and batch == 1:
-            raise KeyboardInterrupt
-
-    orig = P._train
-    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
-
-
 def test_resumed_run_continues_the_same_runs_without_duplicate_steps(tmp_path, store, monkeypatch):
     """Interrupted in global epoch 4, resumed from the checkpoint BEFORE the last one (global epoch
     2), so steps 3 are in both trackers already: TensorBoard drops them from its files and logs
@@ -266,7 +254,7 @@ def test_resumed_run_continues_the_same_runs_without_duplicate_steps(tmp_path, s
 
     uri, client = store
     rdir = tmp_path / "demo_20250101-000000-000002"
-    _interrupt_after(monkeypatch, 3)
+    interrupt_after(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run(tiny_cfg("training.epochs=4", *logged(uri, "resumed")), run_dir=rdir)
     monkeypatch.undo()

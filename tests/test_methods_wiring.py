@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import ROOT, tiny_cfg
+from conftest import ROOT, interrupt_after, tiny_cfg
 from imbalance.errors import ConfigError, UnknownNameError
 
 
@@ -431,19 +431,12 @@ RES = ["training.epochs=3", "stage2.epochs=3", "data.batch_size=16", "model.widt
 
 @pytest.mark.parametrize("kill_after", [1, 4])  # stage 1 epoch 2 (SAM + mixing); stage 2 epoch 2 (MaxNorm)
 def test_ctrl_c_then_resume_with_sam_mixing_and_maxnorm_is_bit_for_bit(tmp_path, monkeypatch, kill_after):
-    import imbalance.pipeline as P
     from imbalance.pipeline import run
 
     ref = tmp_path / "demo_20240101-000000-000001"
     run(tiny_cfg(*RES), run_dir=ref)
     rdir = tmp_path / "demo_20240101-000000-000002"
-
-    def hook(epoch, batch):
-        if epoch == kill_after + 1 and batch == 1:
-            raise KeyboardInterrupt
-
-    orig = P._train
-    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
+    interrupt_after(monkeypatch, kill_after)
     with pytest.raises(SystemExit):
         run(tiny_cfg(*RES), run_dir=rdir)
     monkeypatch.undo()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, tiny_cfg
+from conftest import ROOT, TINY, interrupt_after, tiny_cfg
 
 # Small enough for seconds, big enough that the model learns something and that dropout, the
 # progressive sampler and the schedule all matter for the final weights.
@@ -48,19 +48,6 @@ def _assert_same_run(a, b):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _interrupt_after(monkeypatch, global_epoch):
-    """Ctrl-C in the middle of global epoch ``global_epoch + 1`` (after its first batch), through
-    the run's batch hook."""
-    import imbalance.pipeline as P
-
-    def hook(epoch, batch):
-        if epoch == global_epoch + 1 and batch == 1:
-            raise KeyboardInterrupt
-
-    orig = P._train
-    monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs, one per extra-override tuple."""
@@ -90,7 +77,7 @@ def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path,
 
     ref = reference(*extra)
     rdir = tmp_path / f"demo_{STAMP.format(1)}"
-    _interrupt_after(monkeypatch, kill_after)
+    interrupt_after(monkeypatch, kill_after)
     with pytest.raises(SystemExit) as stop:
         run(tiny_cfg(*RES, *extra), run_dir=rdir)
     assert stop.value.code == 130
@@ -114,7 +101,7 @@ def test_rows_written_after_the_checkpoint_are_replaced_not_duplicated(tmp_path,
     from imbalance.pipeline import run
 
     rdir = tmp_path / f"demo_{STAMP.format(1)}"
-    _interrupt_after(monkeypatch, 3)
+    interrupt_after(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run(tiny_cfg(*RES), run_dir=rdir)
     monkeypatch.undo()
@@ -132,7 +119,7 @@ def test_a_truncated_checkpoint_is_detected_and_the_previous_one_used(tmp_path, 
     from imbalance.pipeline import run
 
     rdir = tmp_path / f"demo_{STAMP.format(1)}"
-    _interrupt_after(monkeypatch, 3)
+    interrupt_after(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run(tiny_cfg(*RES), run_dir=rdir)
     monkeypatch.undo()
