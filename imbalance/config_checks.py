@@ -107,6 +107,32 @@ def _validate_methods(cfg: Any) -> None:
     _number(cfg, "stage2.maxnorm_thresh", 0.0, allow_none=True)
 
 
+def _validate_no_carve(cfg: Any) -> None:
+    """``data.val_ratio=0``: validation is the training split itself (monitoring only), so
+    nothing may be chosen on it; each setting that would choose is refused in one line."""
+    why = "data.val_ratio=0 leaves no validation split to choose on"
+    fixed = []
+    if cfg.early_stopping.enabled:
+        fixed.append("early_stopping.enabled=false")
+    if cfg.training.checkpoint_select != "last":
+        fixed.append("training.checkpoint_select=last")
+    if cfg.stage2.enabled and cfg.stage2.checkpoint_select != "last":
+        fixed.append("stage2.checkpoint_select=last")
+    mode = cfg.stage3.mode
+    if mode in ("tau_norm", "both") and str(cfg.stage3.tau_norm).strip().lower() == "auto":
+        fixed.append("stage3.tau_norm=<a number>")
+    if mode in ("logit_adjust", "both") and str(cfg.stage3.logit_tau).strip().lower() == "auto":
+        fixed.append("stage3.logit_tau=<a number>")
+    if parse_temperature(cfg.stage3.temperature) == "auto":
+        fixed.append("stage3.temperature=<a number> or none")
+    if cfg.evaluation.eval_logit_adjust != "none" and str(cfg.evaluation.eval_logit_tau).strip().lower() == "auto":
+        fixed.append("evaluation.eval_logit_tau=<a number>")
+    if cfg.openset.enabled:
+        fixed.append("openset.enabled=false (its thresholds are set on known validation)")
+    if fixed:
+        raise ConfigError(f"{why}; set {', '.join(fixed)}, or give data.val_ratio in (0, 1) or data.path_val")
+
+
 def validate(cfg: Any) -> None:
     """Check value ranges and choices; raise ConfigError with one clear line."""
     for key, choices in _CHOICES.items():
@@ -129,8 +155,11 @@ def validate(cfg: Any) -> None:
         positive_int(key, 0)
 
     val_ratio = float(cfg.data.val_ratio)
-    if cfg.data.path_val is None and not 0.0 < val_ratio < 1.0:
-        raise ConfigError(f"data.val_ratio={val_ratio} is out of range; it must be in (0, 1)")
+    if cfg.data.path_val is None and not 0.0 <= val_ratio < 1.0:
+        raise ConfigError(f"data.val_ratio={val_ratio} is out of range; it must be in [0, 1) "
+                          "(0: no validation carve, every training series trains)")
+    if cfg.data.path_val is None and val_ratio == 0.0:
+        _validate_no_carve(cfg)
     if float(cfg.data.imbalance_ratio) < 1.0:
         raise ConfigError(
             f"data.imbalance_ratio={cfg.data.imbalance_ratio} is out of range; it must be >= 1 "

@@ -20,7 +20,8 @@ from .runtime import resolve_path
 
 log = logging.getLogger("imbalance.builders")
 
-__all__ = ["DataBundle", "build_data", "build_series_sets", "open_set_data", "build_augmentation", "class_names_for"]
+__all__ = ["DataBundle", "build_data", "build_series_sets", "open_set_data", "build_augmentation", "class_names_for",
+           "validation_is_training"]
 
 
 @dataclass
@@ -41,6 +42,12 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def validation_is_training(cfg: DictConfig) -> bool:
+    """``data.val_ratio=0`` with no ``data.path_val``: nothing is carved, the training split is
+    also the 'validation' split (monitored, never chosen on; config_checks refuses choices)."""
+    return cfg.data.path_val is None and float(cfg.data.val_ratio) == 0.0
 
 
 def build_series_sets(cfg: DictConfig, paths: Dict[str, Optional[str]]) -> tuple:
@@ -113,7 +120,8 @@ def build_data(cfg: DictConfig) -> DataBundle:
 
     seed = int(cfg.seed)
     pool = full
-    if val is None:
+    no_carve = val is None and validation_is_training(cfg)
+    if val is None and not no_carve:
         rest_idx, val_idx = carve_validation(full.labels, float(dcfg.val_ratio),
                                              min_per_class=int(dcfg.val_min_per_class), seed=seed)
         val = full.subset(val_idx)
@@ -122,6 +130,10 @@ def build_data(cfg: DictConfig) -> DataBundle:
     if cfg.create_imbalance:
         lt = D.make_long_tailed_indices(pool.labels, full.num_classes, float(dcfg.imbalance_ratio), seed=seed)
         train = pool.subset(lt)
+    if no_carve:  # config_checks refused every choice that would be made on it
+        val = train.subset(np.arange(len(train)))
+        log.warning("data: data.val_ratio=0: no validation carve; every training series trains and the "
+                    "'validation' metrics are those of the training split (nothing is chosen on them)")
     classes = list(full.classes)
     if paths["path_train"] is None and dcfg.source is None and dcfg.synthetic.sessions:  # class-incremental: the base session only
         from .incremental import session_classes

@@ -245,6 +245,8 @@ def _train(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str], t_s
 
     # ---- results and figures
     extra: Dict[str, Any] = {"val_metrics": {"acc": val_acc, "macc": val_macc}, "stages": stage_info}
+    if B.validation_is_training(cfg):  # data.val_ratio=0: summarize does not select on these
+        extra["val_metrics"]["split"] = "train"
     if point is not None:
         extra["resumed_from"] = {"checkpoint": str(point.checkpoint), "stage": point.stage, "epoch": point.epoch}
     if env.enabled:

@@ -306,7 +306,7 @@ def load_run(folder: str | os.PathLike, root: str | os.PathLike | None = None) -
                 extra[f"{stage}_{m}"] = _as_float(st["overall"].get(m))
     extra.update(_openset_columns(final.get("openset")))
     vm = data.get("val_metrics")  # what main.py returns to sweepers (validation split)
-    if isinstance(vm, dict):
+    if isinstance(vm, dict) and vm.get("split") != "train":  # data.val_ratio=0: training metrics, not selectable
         for k in ("macc", "acc"):
             if k in vm:
                 extra[f"val_{k}"] = _as_float(vm[k])

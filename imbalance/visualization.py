@@ -390,20 +390,24 @@ def fig_training_curves(art: RunArtifacts, cfg: dict):
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=_size(cfg, 1.05), sharex=True)
     x = df["global_epoch"].to_numpy()
     c_train, c_val, c_macc = ps.OKABE_ITO["black"], ps.OKABE_ITO["vermillion"], ps.OKABE_ITO["reddish_purple"]
+    # data.val_ratio=0: the monitored split is the training split (eval mode), nothing is chosen on it
+    no_carve = ((art.results or {}).get("val_metrics") or {}).get("split") == "train"
+    v = "Train split, eval mode" if no_carve else "Val."
     if _has(df, "train_loss"):
         _plot_by_stage(ax1, df, "train_loss", color=c_train, label="Train")
     if _has(df, "val_loss"):
-        _plot_by_stage(ax1, df, "val_loss", color=c_val, label="Validation")
+        _plot_by_stage(ax1, df, "val_loss", color=c_val, label=v if no_carve else "Validation")
     ax1.set_ylabel("Loss")
     if _has(df, "train_acc"):
         _plot_by_stage(ax2, df, "train_acc", 100, color=c_train, label="Train acc.")
     if _has(df, "val_acc"):
-        _plot_by_stage(ax2, df, "val_acc", 100, color=c_val, label="Val. acc. (OA)")
+        _plot_by_stage(ax2, df, "val_acc", 100, color=c_val, label=f"{v} acc. (OA)")
     if _has(df, "val_macc"):
-        _plot_by_stage(ax2, df, "val_macc", 100, color=c_macc, ls="--", label="Val. mAcc")
-        best = int(np.nanargmax(df["val_macc"].to_numpy()))
-        ax2.plot(x[best], 100 * df["val_macc"].iloc[best], marker="*", ms=5, color=c_macc,
-                 ls="none", label="Best val. mAcc")
+        _plot_by_stage(ax2, df, "val_macc", 100, color=c_macc, ls="--", label=f"{v} mAcc")
+        if not no_carve:
+            best = int(np.nanargmax(df["val_macc"].to_numpy()))
+            ax2.plot(x[best], 100 * df["val_macc"].iloc[best], marker="*", ms=5, color=c_macc,
+                     ls="none", label="Best val. mAcc")
     ax2.set_ylabel("Accuracy (%)")
     ax2.set_xlabel("Epoch")
     for ax in (ax1, ax2):
