@@ -215,6 +215,10 @@ def mask_channel_wanted(setting: Any, *, padded: bool, model_name: str, mask_awa
     return padded and mask_aware
 
 
+#: a class that gives fewer validation series than this is named in a warning (carve_validation)
+FEW_VALIDATION = 3
+
+
 def carve_validation(labels: Sequence[int], val_ratio: float, *, min_per_class: int = 1,
                      seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """``(train_idx, val_idx)``, sorted: a stratified validation split (module docstring)."""
@@ -237,6 +241,12 @@ def carve_validation(labels: Sequence[int], val_ratio: float, *, min_per_class: 
         n_val = min(max(int(np.floor(n * r + 0.5)), m), n - 1)
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
+    few = [(c, len(v)) for c, v in zip([c for c, n in zip(classes, counts) if n > m], va) if len(v) < FEW_VALIDATION]
+    if few:
+        logger.warning("validation split: %s; a validation accuracy that moves in steps this coarse cannot rank "
+                       "epochs or tau - for a set this small train on every series with data.val_ratio=0 "
+                       "(experiment=tsc_tiny_data)",
+                       ", ".join(f"class {c} gives {k} series" for c, k in few[:5]) + (" ..." if len(few) > 5 else ""))
     if kept:
         logger.warning("validation split: %s kept entirely for training (a class needs more than %d samples to "
                        "give %d to validation); validation metrics average over the other classes",

@@ -78,6 +78,18 @@ def test_carve_validation_minimum_per_class_and_small_classes(caplog):
         sd.carve_validation(labels, 1.0)
 
 
+def test_a_carve_too_small_to_rank_anything_points_to_no_carve(caplog):
+    # ArrowHead's 36 training series: 20% gives 2 per class, accuracy steps of 1/6 -> warned
+    with caplog.at_level(logging.WARNING, logger="imbalance.series_data"):
+        sd.carve_validation(np.repeat([0, 1, 2], 12), 0.2, seed=0)
+    assert "class 0 gives 2 series, class 1 gives 2 series, class 2 gives 2 series" in caplog.text
+    assert "data.val_ratio=0" in caplog.text and "experiment=tsc_tiny_data" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imbalance.series_data"):  # 3 per class and more: quiet
+        sd.carve_validation(np.repeat([0, 1, 2], [15, 30, 60]), 0.2, seed=0)
+    assert caplog.text == ""
+
+
 # ----------------------------------------------------------------------------- mask channel
 def test_mask_channel_wanted_rules():
     assert sd.mask_channel_wanted("auto", padded=True, model_name="FCN", mask_aware=True)

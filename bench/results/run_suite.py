@@ -11,7 +11,9 @@ status). ``bench/results/make_results.py`` turns the run folders into docs/RESUL
 Plans (see docs/RESULTS.md for what each is for and its epoch budget):
     select     model and long-tail stage for small data on VALIDATION splits
     select_norm  per-series normalisation of multivariate series on VALIDATION splits
+    select_small  no validation carve for very small sets, on hold-out parts of training splits
     bundled    experiment=tsc_small_data on the bundled UCR/UEA sets, 3 seeds
+    bundled_tiny  experiment=tsc_tiny_data on the sets the small-set rule names, 3 seeds
     inception  InceptionTime with the same recipe on the cheaper bundled sets, 3 seeds
     longtail   long-tailed variants (create_imbalance on the training split): CE + cRT + tau-norm
                in one run, and Balanced Softmax, 3 seeds
@@ -85,6 +87,24 @@ def plan_bundled() -> List[Job]:
             for src, ep in BUNDLED.items() if src != "ucr:OSULeaf" for s in SEEDS]
 
 
+#: The sets the rule sends to experiment=tsc_tiny_data (docs/RESULTS.md): a 20% carve would leave a
+#: class fewer than 3 validation series (ArrowHead 12 series a class, BasicMotions and ACSF1 10,
+#: PickupGestureWiimoteZ 5), with the epoch budget of each (ACSF1's 1,460-sample series cost
+#: about 16 minutes per 200 epochs on one core; the others get 1000).
+TINY: Dict[str, int] = {
+    "ucr:ArrowHead": 1000,
+    "uea:BasicMotions": 1000,
+    "ucr:PickupGestureWiimoteZ": 1000,
+    "ucr:ACSF1": 200,
+}
+
+
+def plan_bundled_tiny() -> List[Job]:
+    return [(f"{_name(src)}_s{s}", ["experiment=tsc_tiny_data", f"data.source={src}", f"training.epochs={ep}",
+                                    f"seed={s}"])
+            for src, ep in TINY.items() for s in SEEDS]
+
+
 def plan_inception() -> List[Job]:
     cheap = ("ucr:ArrowHead", "uea:BasicMotions", "ucr:PickupGestureWiimoteZ", "uea:JapaneseVowels")
     return [(f"{_name(src)}_s{s}", ["experiment=tsc_small_data", "model=inception_time", f"data.source={src}",
@@ -129,6 +149,35 @@ def plan_donewhen() -> List[Job]:
             for s in SEEDS]
 
 
+#: Small sets for the select_small plan: two of the table's smallest and two development sets
+#: that are not in the table (GunPoint, ItalyPowerDemand), each as hold-out pairs of its training
+#: split (bench/results/holdout_pairs.py writes them to DATA_DIR/holdout).
+SMALL = ("ArrowHead", "PickupGestureWiimoteZ", "GunPoint", "ItalyPowerDemand")
+#: training series left in each hold-out pair (holdout_pairs.py, fraction 0.3)
+HOLDOUT_FIT = {"ArrowHead": 24, "PickupGestureWiimoteZ": 30, "GunPoint": 35, "ItalyPowerDemand": 47}
+
+
+def plan_select_small() -> List[Job]:
+    """How to train on very small sets, on VALIDATION data only: 30% of each set's training split
+    is held out (3 draws) and scored; the rest is trained on with (a) the preset as it is (20%
+    carved again for validation, tau chosen on it), (b) no carve (every series trains; validation
+    is the training split, the last epoch kept, tau 0), (c) (b) with 1000 epochs and (d) (b) with
+    the batch size of the official FCN / ResNet code, int(min(N / 10, 16)) for N training series."""
+    jobs = []
+    for name in SMALL:
+        for r in SEEDS:
+            d = os.path.join(DATA_DIR, "holdout", f"{name}_r{r}")
+            files = [f"data.path_train={d}/train.mat", f"data.path_test={d}/test.mat", "create_imbalance=false",
+                     f"seed={r}", "experiment=tsc_small_data"]
+            nocarve = [f"data.path_val={d}/train.mat", "stage3.mode=none"]
+            jobs.append((f"{name}_r{r}_carve", files + ["training.epochs=300"]))
+            jobs.append((f"{name}_r{r}_nocarve", files + nocarve + ["training.epochs=300"]))
+            jobs.append((f"{name}_r{r}_nocarve_long", files + nocarve + ["training.epochs=1000"]))
+            bs = max(1, int(min(HOLDOUT_FIT[name] / 10, 16)))  # the FCN / ResNet code's batch rule
+            jobs.append((f"{name}_r{r}_nocarve_bs", files + nocarve + ["training.epochs=300", f"data.batch_size={bs}"]))
+    return jobs
+
+
 def plan_plaid() -> List[Job]:
     """PLAID (naturally imbalanced, variable length 100..1344) as a .mat pair with its mask, the
     issue's motivating case; one seed (about an hour of one loaded core)."""
@@ -141,7 +190,8 @@ def plan_arrowhead() -> List[Job]:
     return [("ArrowHead_readme", ["data.source=ucr:ArrowHead", "experiment=tsc_small_data"])]
 
 
-PLANS = {"select": plan_select, "select_norm": plan_select_norm, "bundled": plan_bundled, "inception": plan_inception, "longtail": plan_longtail,
+PLANS = {"select": plan_select, "select_norm": plan_select_norm, "select_small": plan_select_small,
+         "bundled_tiny": plan_bundled_tiny, "bundled": plan_bundled, "inception": plan_inception, "longtail": plan_longtail,
          "adsb": plan_adsb, "donewhen": plan_donewhen, "arrowhead": plan_arrowhead,
          "plaid": plan_plaid}
 
