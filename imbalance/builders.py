@@ -26,7 +26,7 @@ from .engine import EarlyStopping
 from .loss_build import (adapt_loss_to_head, build_loss, loss_kwargs, stage2_head,  # noqa: F401  (public here too)
                          stage2_loss, stage2_loss_name)
 from .data_build import (DataBundle, build_augmentation, build_data, build_series_sets,  # noqa: F401  (public here too)
-                         class_names_for, open_set_data, validation_is_training)
+                         class_names_for, open_set_data, resolve_batch_size, validation_is_training)
 from .errors import ConfigError, DataError
 from .loader import BatchLoader
 from .optim import EpochSchedule, create_optimizer

@@ -78,7 +78,7 @@ class DataConfig:
     path_val: Optional[str] = None  # null: a stratified split of the training file
     path_test: Optional[str] = None
     val_ratio: float = 0.2
-    batch_size: int = 128
+    batch_size: Any = 128  # an integer >= 1, or auto: int(min(N / 10, 16)) for N training samples (small data)
     num_workers: int = 0
     pin_memory: bool = True
     drop_last: bool = True

@@ -60,6 +60,26 @@ def parse_tau(value: Any, key: str, high: float) -> Any:
     return float(value)
 
 
+def parse_batch_size(value: Any) -> Any:
+    """``data.batch_size``: an integer >= 1 or ``'auto'`` (:func:`auto_batch_size`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        ok = not isinstance(value, bool) and float(value) == int(value) and int(value) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"data.batch_size={value!r} is not valid; use an integer >= 1 or auto "
+                          "(int(min(N / 10, 16)) for N training samples)")
+    return int(value)
+
+
+def auto_batch_size(n_train: int) -> int:
+    """``data.batch_size=auto``: ``int(min(N / 10, 16))``, at least 1, for N training samples - the
+    rule of the official FCN / ResNet code for the UCR archive (hfawaz/dl-4-tsc) for small data."""
+    return max(1, int(min(n_train / 10.0, 16.0)))
+
+
 def parse_temperature(value: Any) -> Any:
     """``stage3.temperature``: None/'none' (off), 'auto' (fitted on validation NLL) or a number > 0."""
     if value is None:
@@ -146,9 +166,10 @@ def validate(cfg: Any) -> None:
         if value is None or int(value) < minimum:
             raise ConfigError(f"{key}={value} is out of range; it must be an integer >= {minimum}")
 
-    for key in ("data.batch_size", "training.epochs", "training.accumulation_steps",
+    for key in ("training.epochs", "training.accumulation_steps",
                 "evaluation.batch_size", "experiment.many_thresh", "console_log_interval"):
         positive_int(key)
+    parse_batch_size(cfg.data.batch_size)
     positive_int("data.val_min_per_class")
     for key in ("data.num_workers", "scheduler.warmup_epochs", "early_stopping.patience",
                 "stage2.epochs", "num_threads", "experiment.few_thresh"):

@@ -15,13 +15,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .config_checks import auto_batch_size, parse_batch_size
 from .errors import ConfigError, DataError
 from .runtime import resolve_path
 
 log = logging.getLogger("imbalance.builders")
 
 __all__ = ["DataBundle", "build_data", "build_series_sets", "open_set_data", "build_augmentation", "class_names_for",
-           "validation_is_training"]
+           "validation_is_training", "resolve_batch_size"]
 
 
 @dataclass
@@ -48,6 +49,18 @@ def validation_is_training(cfg: DictConfig) -> bool:
     """``data.val_ratio=0`` with no ``data.path_val``: nothing is carved, the training split is
     also the 'validation' split (monitored, never chosen on; config_checks refuses choices)."""
     return cfg.data.path_val is None and float(cfg.data.val_ratio) == 0.0
+
+
+def resolve_batch_size(cfg: DictConfig, n_train: int) -> int:
+    """``data.batch_size=auto`` becomes ``int(min(N / 10, 16))`` for the N training samples, written
+    back into ``cfg`` (so every loader, results.json and the checkpoints see the number); an
+    integer is returned as it is."""
+    value = parse_batch_size(cfg.data.batch_size)
+    if value == "auto":
+        value = auto_batch_size(n_train)
+        cfg.data.batch_size = value
+        log.info("data: data.batch_size=auto -> %d (int(min(N / 10, 16)) for N = %d training samples)", value, n_train)
+    return int(value)
 
 
 def build_series_sets(cfg: DictConfig, paths: Dict[str, Optional[str]]) -> tuple:
@@ -147,6 +160,7 @@ def build_data(cfg: DictConfig) -> DataBundle:
                         files=files, train_pool=pool, mask_channel=mask_channel)
     if cfg.openset.enabled:
         bundle = open_set_data(cfg, bundle, builtin_unknown=builtin_unknown, common=common)
+    resolve_batch_size(cfg, len(bundle.train))
     log.info("data: train %d (class counts %s), val %d, test %d%s", len(bundle.train), bundle.class_counts.tolist(),
              len(bundle.val), len(bundle.test),
              f" + {len(bundle.test_unknown)} unknown" if bundle.test_unknown is not None else "")

@@ -454,6 +454,7 @@ def run_incremental(cfg: DictConfig, run_dir: os.PathLike, *, on_batch_end: Opti
         warn_unused_user_keys(cfg, overrides or [])
         precision = make_precision(device, bool(cfg.amp), cfg.amp_dtype)
         data = _bundle(train, s, shape)
+        B.resolve_batch_size(cfg, len(data.train))  # data.batch_size=auto: from this session's training data
         counts_head = np.where(data.class_counts > 0, data.class_counts,
                                np.concatenate([np.asarray(info.class_counts), np.ones(K - num_old, np.int64)]))
         model, teacher, notes = prepare_student(

@@ -100,8 +100,9 @@ def _announce(cfg: DictConfig, folder: RunFolder, point: Any, notes: List[str]) 
             remove_stale_temporaries(folder.root)
         log.info("resuming from %s (stage %d, epoch %d)", point.checkpoint, point.stage, point.epoch)
     if env.enabled:
-        log.info("distributed: %d processes (%s), global batch %d", env.world_size, env.backend,
-                 D.per_rank_batch(int(cfg.data.batch_size), env) * env.world_size)
+        bs = cfg.data.batch_size  # 'auto' is resolved when the data are built
+        log.info("distributed: %d processes (%s), global batch %s", env.world_size, env.backend,
+                 bs if bs == "auto" else D.per_rank_batch(int(bs), env) * env.world_size)
     recipe.warn_unused_user_keys(cfg, cli_overrides() or [])
     posthoc = cfg.stage3.mode in ("logit_adjust", "both") or cfg.evaluation.eval_logit_adjust == "posthoc"
     s2 = [(B.stage2_loss_name(cfg), cfg.stage2.logit_tau if cfg.stage2.logit_tau is not None else cfg.loss.logit_tau)]

@@ -88,3 +88,34 @@ def test_the_run_records_training_split_metrics_and_summarize_does_not_select_th
         labels[name] = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert "Train split, eval mode mAcc" in labels["nocarve"] and "Best val. mAcc" not in labels["nocarve"]
     assert {"Val. mAcc", "Best val. mAcc", "Validation"} <= labels["carved"]
+
+
+# --------------------------------------------------------------------- data.batch_size=auto
+def test_auto_batch_size_is_the_official_fcn_rule():
+    from imbalance.config_checks import auto_batch_size, parse_batch_size
+
+    # hfawaz/dl-4-tsc: mini_batch_size = int(min(x_train.shape[0] / 10, 16)); ours at least 1
+    assert [auto_batch_size(n) for n in (5, 10, 36, 50, 100, 159, 160, 10_000)] == [1, 1, 3, 5, 10, 15, 16, 16]
+    assert parse_batch_size("auto") == "auto" and parse_batch_size(8) == 8 and parse_batch_size(8.0) == 8
+    for bad in (0, -3, 2.5, "big", True, None):
+        with pytest.raises(ConfigError, match="data.batch_size=.* is not valid; use an integer >= 1 or auto"):
+            parse_batch_size(bad)
+    with pytest.raises(ConfigError, match="data.batch_size=0 is not valid"):
+        validate(compose(["data.batch_size=0"]))
+
+
+def test_auto_batch_size_is_resolved_from_the_training_split_and_recorded(run_tiny):
+    rdir, _ = run_tiny("data.batch_size=auto", name="auto_bs")
+    res = json.loads((rdir / "results" / "results.json").read_text())
+    n_train = sum(res["class_counts"])
+    assert res["config"]["data"]["batch_size"] == min(n_train // 10, 16) > 0
+    # the stage-1 loader is built with it
+    import torch
+
+    from imbalance.builders import build_model, build_stage1
+
+    cfg = compose(TINY + ["data.batch_size=auto"])
+    data = build_data(cfg)
+    model = build_model(cfg, data, torch.device("cpu"))
+    plan = build_stage1(cfg, data, model, torch.device("cpu"))
+    assert cfg.data.batch_size == plan.train_loader.batch_size == min(len(data.train) // 10, 16)
