@@ -275,3 +275,11 @@ def test_session_figure_of_accuracy_per_session(chain, tmp_path):
     for ext in ("png", "pdf"):
         assert (tmp_path / "s" / "results" / f"incremental_accuracy.{ext}").stat().st_size > 0
     assert (tmp_path / "s" / "results" / "training_curves.png").is_file()  # the run's other figures too
+
+
+def test_a_session_resolves_batch_size_auto_from_its_own_training_data(chain, tmp_path):
+    root, _ = chain
+    _run(tmp_path / "s", "mode=incremental", f"resume={root / 'base'}", "data.batch_size=auto", *QUICK)
+    res = _results(tmp_path / "s")
+    n_session = sum(res["class_counts"])  # memory of the old classes + the new classes' data
+    assert res["config"]["data"]["batch_size"] == min(n_session // 10, 16)
