@@ -127,6 +127,12 @@ def _validate_methods(cfg: Any) -> None:
     _number(cfg, "stage2.maxnorm_thresh", 0.0, allow_none=True)
 
 
+def validation_is_training(cfg: Any) -> bool:
+    """``data.val_ratio=0`` with no ``data.path_val``: nothing is carved, the training split is
+    also the 'validation' split (monitored, never chosen on; :func:`_validate_no_carve`)."""
+    return cfg.data.path_val is None and float(cfg.data.val_ratio) == 0.0
+
+
 def _validate_no_carve(cfg: Any) -> None:
     """``data.val_ratio=0``: validation is the training split itself (monitoring only), so
     nothing may be chosen on it; each setting that would choose is refused in one line."""
@@ -139,13 +145,14 @@ def _validate_no_carve(cfg: Any) -> None:
     if cfg.stage2.enabled and cfg.stage2.checkpoint_select != "last":
         fixed.append("stage2.checkpoint_select=last")
     mode = cfg.stage3.mode
-    if mode in ("tau_norm", "both") and str(cfg.stage3.tau_norm).strip().lower() == "auto":
+    if mode in ("tau_norm", "both") and parse_tau(cfg.stage3.tau_norm, "stage3.tau_norm", 2.0) == "auto":
         fixed.append("stage3.tau_norm=<a number>")
-    if mode in ("logit_adjust", "both") and str(cfg.stage3.logit_tau).strip().lower() == "auto":
+    if mode in ("logit_adjust", "both") and parse_tau(cfg.stage3.logit_tau, "stage3.logit_tau", 3.0) == "auto":
         fixed.append("stage3.logit_tau=<a number>")
     if parse_temperature(cfg.stage3.temperature) == "auto":
         fixed.append("stage3.temperature=<a number> or none")
-    if cfg.evaluation.eval_logit_adjust != "none" and str(cfg.evaluation.eval_logit_tau).strip().lower() == "auto":
+    if cfg.evaluation.eval_logit_adjust != "none" and \
+            parse_tau(cfg.evaluation.eval_logit_tau, "evaluation.eval_logit_tau", 3.0) == "auto":
         fixed.append("evaluation.eval_logit_tau=<a number>")
     if cfg.openset.enabled:
         fixed.append("openset.enabled=false (its thresholds are set on known validation)")
@@ -179,7 +186,7 @@ def validate(cfg: Any) -> None:
     if cfg.data.path_val is None and not 0.0 <= val_ratio < 1.0:
         raise ConfigError(f"data.val_ratio={val_ratio} is out of range; it must be in [0, 1) "
                           "(0: no validation carve, every training series trains)")
-    if cfg.data.path_val is None and val_ratio == 0.0:
+    if validation_is_training(cfg):
         _validate_no_carve(cfg)
     if float(cfg.data.imbalance_ratio) < 1.0:
         raise ConfigError(

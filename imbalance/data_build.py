@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config_checks import auto_batch_size, parse_batch_size
+from .config_checks import auto_batch_size, parse_batch_size, validation_is_training
 from .errors import ConfigError, DataError
 from .runtime import resolve_path
 
@@ -43,12 +43,6 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def validation_is_training(cfg: DictConfig) -> bool:
-    """``data.val_ratio=0`` with no ``data.path_val``: nothing is carved, the training split is
-    also the 'validation' split (monitored, never chosen on; config_checks refuses choices)."""
-    return cfg.data.path_val is None and float(cfg.data.val_ratio) == 0.0
 
 
 def resolve_batch_size(cfg: DictConfig, n_train: int) -> int:

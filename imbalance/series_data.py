@@ -230,7 +230,7 @@ def carve_validation(labels: Sequence[int], val_ratio: float, *, min_per_class: 
     m = int(min_per_class)
     lab = np.asarray(labels).reshape(-1)
     rng = np.random.default_rng(seed)
-    tr, va, kept = [], [], []
+    tr, va, kept, few = [], [], [], []
     classes, counts = np.unique(lab, return_counts=True)
     for c, n in zip(classes, counts):
         idx = rng.permutation(np.flatnonzero(lab == c))
@@ -241,7 +241,8 @@ def carve_validation(labels: Sequence[int], val_ratio: float, *, min_per_class: 
         n_val = min(max(int(np.floor(n * r + 0.5)), m), n - 1)
         va.append(idx[:n_val])
         tr.append(idx[n_val:])
-    few = [(c, len(v)) for c, v in zip([c for c, n in zip(classes, counts) if n > m], va) if len(v) < FEW_VALIDATION]
+        if n_val < FEW_VALIDATION:
+            few.append((c, n_val))
     if few:
         logger.warning("validation split: %s; a validation accuracy that moves in steps this coarse cannot rank "
                        "epochs or tau - for a set this small train on every series with data.val_ratio=0 "

@@ -58,6 +58,7 @@ import logging
 import sys
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -916,8 +917,6 @@ def plot_comparison(groups: Any, path: Path, *, sort_by: str = "macc", top: int 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
-
-    import textwrap
 
     sub = groups.head(top).iloc[::-1]
     metrics = [m for m in ("macc", "few_acc", "hm") if sub[f"{m}_mean"].notna().any()]

@@ -58,6 +58,18 @@ def interrupt_after(monkeypatch, global_epoch: int) -> None:
     monkeypatch.setattr(P, "_train", lambda *a: orig(*a[:-1], hook))
 
 
+class ScheduledCE(torch.nn.CrossEntropyLoss):
+    """Cross-entropy that records every ``set_epoch`` call (a stand-in for a scheduled loss such
+    as LDAM-DRW, to check that wrappers pass the epoch on exactly once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
 def tiny_cfg(*overrides: str):
     from imbalance.config import compose
 

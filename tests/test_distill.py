@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ScheduledCE
 from imbalance.distill import (DistillationLoss, bkd_class_weights, distill_record, distillation, kd_divergence,
                                teacher_summary)
 from imbalance.errors import ConfigError, UserError
@@ -372,14 +373,6 @@ def test_record_and_summary_show_the_teacher_student_pair(teacher_run, tmp_path)
 
 
 def test_set_epoch_reaches_the_base_loss_once():
-    class Scheduled(torch.nn.CrossEntropyLoss):
-        def __init__(self):
-            super().__init__()
-            self.epochs = []
-
-        def set_epoch(self, epoch):
-            self.epochs.append(epoch)
-
-    base = Scheduled()
+    base = ScheduledCE()
     BoundTeacherLoss(DistillationLoss(base_loss=base, method="kd"), None).set_epoch(2)
     assert base.epochs == [2]

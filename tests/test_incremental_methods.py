@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import ScheduledCE
 from imbalance.errors import ConfigError, UnknownNameError
 from imbalance.heads import CosineMarginClassifier, LogitAdjustedLinear, TemperatureScaledClassifier, ldam_margins
 from imbalance.incremental import (
@@ -347,14 +348,6 @@ def test_build_incremental_defaults_and_errors():
     lambda base: WALoss(num_old=2, num_classes=4, base_loss=base),
 ])
 def test_set_epoch_reaches_a_scheduled_base_loss_once_through_the_bound_loss(make):
-    class Scheduled(torch.nn.CrossEntropyLoss):
-        def __init__(self):
-            super().__init__()
-            self.epochs = []
-
-        def set_epoch(self, epoch):
-            self.epochs.append(epoch)
-
-    base = Scheduled()
+    base = ScheduledCE()
     BoundTeacherLoss(make(base), hook=None).set_epoch(3)
     assert base.epochs == [3]

@@ -109,3 +109,9 @@ def test_holdout_pairs_split_the_training_split_only(monkeypatch, tmp_path):
     order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
     assert np.allclose(order(both), order(np.asarray(X_all, np.float32)[:, 0]), atol=1e-6)
     assert not np.array_equal(scipy.io.loadmat(pair1["test"])["X"], hold["X"])  # another draw
+
+
+def test_the_tables_count_the_sets_the_suite_sends_to_the_tiny_preset():
+    assert set(mr.TINY_SETS) == {rs._name(src) for src in rs.TINY}
+    jobs = dict(rs.plan_select_small())
+    assert "data.batch_size=auto" in jobs["ArrowHead_r0_nocarve_bs"]

@@ -119,18 +119,18 @@ def table_select_small(root: str) -> List[str]:
     sets = sorted({os.path.basename(f).split("_r")[0] for f in glob.glob(os.path.join(root, "select_small", "*_r*_*"))})
     for ds in sets:
         cells, n_hold = [], "?"
+        base = {r: load(os.path.join(root, "select_small", f"{ds}_r{r}_carve")) for r in range(3)}
         for v, _ in SMALL_VARIANTS:
             accs = []
             for r in range(3):
                 res = load(os.path.join(root, "select_small", f"{ds}_r{r}_{v}"))
-                base = load(os.path.join(root, "select_small", f"{ds}_r{r}_carve"))
                 if res is None:
                     continue
                 accs.append(overall(res).get("oa"))
                 stage1[v].append(overall(res, "stage1").get("oa"))
                 n_hold = str(sum(sum(row) for row in res.get("confusion_matrix") or []))
-                if base is not None:
-                    pairs[v].append(overall(res)["oa"] - overall(base)["oa"])
+                if base[r] is not None:
+                    pairs[v].append(overall(res)["oa"] - overall(base[r])["oa"])
             pooled[v] += accs
             cells.append(f"{ms(accs)} ({len(accs)})" if accs else "-")
         out.append(f"| {ds} ({n_hold}) | " + " | ".join(cells) + " |")
